@@ -1,0 +1,243 @@
+"""The `mmrag` command: a thin surface over the pipeline, the retriever and the store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mmrag.errors import MmragError
+from mmrag.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="mmrag",
+    help="Index and search your images, scans and PDFs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True, soft_wrap=True)  # paths in messages must survive intact for grep
+out = Console(soft_wrap=True)
+
+
+class _State:
+    """Global options, set by the callback before any command runs."""
+
+    config: Path | None = None
+    overrides: ClassVar[dict[str, Any]] = {}
+
+
+@app.callback()
+def main(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where indexes, database and thumbnails live.")
+    ] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection to work on.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    _State.config = config
+    _State.overrides = {}
+    if data_dir is not None:
+        _State.overrides["data_dir"] = data_dir
+    if collection is not None:
+        _State.overrides["collection"] = collection
+
+
+def _settings(**extra: Any) -> Settings:
+    return load_settings(_State.config, **_State.overrides, **extra)
+
+
+def _fail(exc: Exception, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code)
+
+
+def _runtime():  # type: ignore[no-untyped-def]
+    from mmrag.runtime import open_runtime
+
+    settings = _settings()
+    rt = open_runtime(settings)
+    for rep in rt.repairs:
+        if rep.changed:
+            what = "rebuilt" if rep.rebuilt else f"added {rep.added}, removed {rep.removed}"
+            err.print(f"[yellow]repaired the {rep.space} index from the database:[/] {what}")
+    return rt
+
+
+class _RichProgress:
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("indexing", total=None, items=0)
+        self.items = 0
+
+    def start(self, total_files: int) -> None:
+        self.progress.update(self.task, total=total_files)
+
+    def file_done(self, outcome: Any) -> None:
+        self.items += outcome.items
+        self.progress.update(self.task, advance=1, items=self.items)
+        if outcome.status == "failed":
+            self.progress.console.print(f"[red]failed[/] {outcome.path}: {outcome.reason}")
+
+
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.")],
+    prune: Annotated[bool, typer.Option(help="Remove items of files that disappeared under PATHS.")] = False,
+) -> None:
+    """Index folders of images, PDFs and text/Markdown files. Unchanged files are skipped."""
+    from mmrag.ingest.pipeline import Indexer
+
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a kill finishes like Ctrl-C: consistent state
+    try:
+        rt = _runtime()
+        columns = [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files · {task.fields[items]} items"),
+            TimeElapsedColumn(),
+        ]
+        with rt.collection.writer(), Progress(*columns, console=err, transient=False) as progress:
+            report = Indexer(rt.settings, rt.collection, rt.clip).run(paths, prune, _RichProgress(progress))
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    err.print(
+        f"indexed {report.indexed} files ({report.items} items), {report.unchanged} unchanged, "
+        f"{len(report.failed)} failed, {report.unsupported} not supported"
+        + (f", {report.pruned} pruned" if prune else "")
+    )
+    for failure in report.failed:
+        err.print(f"  [red]failed[/] {failure.path}: {failure.reason}")
+    if report.interrupted:
+        err.print("[yellow]interrupted:[/] what was committed is kept; run the same command again to finish")
+        raise typer.Exit(130)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def query(
+    text: Annotated[str | None, typer.Argument(help="What to look for.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Find items like this image.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Search the collection with text and/or an image."""
+    from mmrag.ingest.images import load_image
+    from mmrag.retrieve.search import Retriever
+
+    if not text and image is None:
+        raise _fail(ValueError("give a text query, --image PATH, or both"))
+    try:
+        rt = _runtime()
+        query_image = load_image(image, rt.settings.ingest.max_image_pixels) if image is not None else None
+        hits = Retriever(rt.collection, [rt.clip]).search(text, query_image, k)
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps([h.to_dict() for h in hits]))
+        return
+    table = Table(title=f"{len(hits)} results")
+    for col in ("rank", "score", "modality", "source", "page", "found by"):
+        table.add_column(col, overflow="fold")
+    for rank, h in enumerate(hits, start=1):
+        found_by = ", ".join(f"{name}#{r} ({h.scores[name]:.3f})" for name, r in h.ranks.items())
+        table.add_row(str(rank), f"{h.score:.4f}", h.modality, h.path, str(h.page or ""), found_by)
+    out.print(table)
+
+
+@app.command()
+def delete(
+    paths: Annotated[list[Path], typer.Argument(help="Indexed files (or folders) to remove.")],
+) -> None:
+    """Remove documents (and their items) from the collection."""
+    from mmrag.ingest.pipeline import _is_under
+
+    try:
+        rt = _runtime()
+        wanted = [str(p.expanduser().resolve()) for p in paths]
+        with rt.collection.writer():
+            docs = [d for d in rt.collection.documents() if any(_is_under(d.path, w) for w in wanted)]
+            removed = rt.collection.delete_documents(d.id for d in docs)
+            rt.collection.save()
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    if not removed:
+        raise _fail(MmragError(f"no indexed document under {', '.join(wanted)}"), code=1)
+    err.print(f"removed {removed} document(s)")
+
+
+@app.command()
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts of documents, items and index entries; failed files and why."""
+    try:
+        rt = _runtime()
+        docs = rt.collection.documents()
+        with rt.db.session() as session:
+            from sqlalchemy import func, select
+
+            from mmrag.store.models import Item
+
+            by_modality = dict(
+                session.execute(
+                    select(Item.modality, func.count())
+                    .where(Item.collection == rt.collection.name)
+                    .group_by(Item.modality)
+                ).all()
+            )
+        info = {
+            "collection": rt.collection.name,
+            "data_dir": str(rt.settings.data_dir),
+            "documents": sum(d.status == "indexed" for d in docs),
+            "failed": [{"path": d.path, "error": d.error} for d in docs if d.status == "failed"],
+            "items": by_modality,
+            "indexes": {
+                s: {
+                    "count": len(ix),
+                    "type": ix.manifest.index_type,
+                    "model": ix.manifest.model_id,
+                    "dim": ix.manifest.dim,
+                    "device": ix.device,
+                }
+                for s, ix in rt.collection.indexes.items()
+            },
+        }
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    out.print(f"collection [bold]{info['collection']}[/] in {info['data_dir']}")
+    out.print(f"documents: {info['documents']} indexed, {len(info['failed'])} failed")
+    out.print("items: " + (", ".join(f"{n} {m}" for m, n in sorted(by_modality.items())) or "none"))
+    for space, ix in info["indexes"].items():
+        out.print(
+            f"index {space}: {ix['count']} vectors, {ix['type']} on {ix['device']}, "
+            f"{ix['model']} ({ix['dim']}-d)"
+        )
+    for f in info["failed"]:
+        out.print(f"  [red]failed[/] {f['path']}: {f['error']}")
+
+
+def run() -> None:  # pragma: no cover - console entry
+    sys.exit(app())

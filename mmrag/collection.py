@@ -1,0 +1,345 @@
+"""A collection: its rows in the database and one FAISS index per embedding space, kept consistent.
+
+The database is the source of truth and keeps every vector; each index is a cache of it. Writes commit to
+the database first, then update the in-memory index; indexes are saved atomically every few files. So a
+killed run leaves indexes that lag the database, and `open()` repairs them from it (adds what is missing,
+drops what is gone) before anything is searched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+
+from mmrag.embed.base import TextEncoder
+from mmrag.errors import IndexCorruptError, MmragError, ModelMismatchError
+from mmrag.index.vector_index import VectorIndex
+from mmrag.settings import Settings
+from mmrag.store.db import Database
+from mmrag.store.models import Document, Item, ItemVector, Space
+
+log = logging.getLogger(__name__)
+
+VECTOR_DTYPE = np.float16  # stored precision: halves the database; cosine error ~1e-3
+
+
+def pack_vector(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=VECTOR_DTYPE).tobytes()
+
+
+def unpack_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    arr = np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), dim).astype(np.float32)
+    return arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class NewItem:
+    """An extracted item ready to be stored: its fields and one vector per space it is indexed in."""
+
+    modality: str
+    content_hash: str
+    page: int | None = None
+    bbox: list[float] | None = None
+    text: str | None = None
+    thumbnail: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class RepairReport:
+    space: str
+    added: int = 0
+    removed: int = 0
+    rebuilt: bool = False
+    reason: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.rebuilt or self.added > 0 or self.removed > 0
+
+
+class CollectionLocked(MmragError):
+    pass
+
+
+class Collection:
+    def __init__(
+        self, settings: Settings, db: Database, encoders: Sequence[TextEncoder], name: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.name = name or settings.collection
+        self.encoders = {enc.space: enc for enc in encoders}
+        self.dir = settings.index_dir(self.name)
+        self.indexes: dict[str, VectorIndex] = {}
+        self._lock_fd: int | None = None
+
+    # ---- opening and repair -------------------------------------------------------------------------
+
+    def open(self) -> list[RepairReport]:
+        """Check each space's model against what the collection was built with, load its index, repair it."""
+        reports = []
+        for space, encoder in self.encoders.items():
+            self._check_space(space, encoder.model_id, encoder.dim)
+            reports.append(self._load_and_repair(space, encoder.model_id, encoder.dim))
+        return reports
+
+    def _check_space(self, space: str, model_id: str, dim: int) -> None:
+        with self.db.session() as session:
+            row = session.get(Space, (self.name, space))
+            if row is None:
+                session.add(Space(collection=self.name, name=space, model_id=model_id, dim=dim))
+            elif row.model_id != model_id or row.dim != dim:
+                raise ModelMismatchError(
+                    f"collection {self.name!r} ({space} space) was built with model {row.model_id} "
+                    f"(dim {row.dim}); the configured model is {model_id} (dim {dim}). Configure the model "
+                    "the collection was built with, or index into another collection (--collection) or "
+                    "data dir."
+                )
+
+    def _load_and_repair(self, space: str, model_id: str, dim: int) -> RepairReport:
+        directory = self.dir / space
+        report = RepairReport(space)
+        index: VectorIndex | None = None
+        if VectorIndex.exists(directory):
+            try:
+                index = VectorIndex.load(
+                    directory, self.settings.index, expected_model_id=model_id, expected_dim=dim
+                )
+            except IndexCorruptError as exc:
+                log.warning("index %s is unusable (%s); rebuilding it from the database", directory, exc)
+                report.rebuilt, report.reason = True, str(exc)
+        if index is None:
+            index = VectorIndex.create(space, model_id, dim, self.settings.index)
+        self.indexes[space] = index
+
+        db_ids = self._db_ids(space)
+        present = index.ids()
+        extra = np.setdiff1d(present, db_ids, assume_unique=True)
+        missing = np.setdiff1d(db_ids, present, assume_unique=True)
+        if extra.size:
+            report.removed = index.remove(extra)
+        for chunk in np.array_split(missing, max(1, int(np.ceil(missing.size / 20_000)))):
+            if chunk.size:
+                index.add(chunk, self._db_vectors(space, chunk, dim))
+                report.added += int(chunk.size)
+        if report.changed:
+            if not report.rebuilt:
+                log.warning(
+                    "index %s lagged the database: added %d, removed %d",
+                    directory,
+                    report.added,
+                    report.removed,
+                )
+            if len(index) >= self.settings.index.ivf_min_items and index.manifest.index_type == "flat":
+                self._rebuild(space, dim)
+            self.save()
+        return report
+
+    def _rebuild(self, space: str, dim: int) -> None:
+        ids = self._db_ids(space)
+        self.indexes[space].rebuild(ids, self._db_vectors(space, ids, dim))
+
+    def _db_ids(self, space: str) -> np.ndarray:
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(ItemVector.item_id)
+                .join(Item, Item.id == ItemVector.item_id)
+                .where(Item.collection == self.name, ItemVector.space == space)
+            ).all()
+        return np.unique(np.asarray(rows, dtype=np.int64))
+
+    def _db_vectors(self, space: str, ids: np.ndarray, dim: int) -> np.ndarray:
+        by_id: dict[int, bytes] = {}
+        with self.db.session() as session:
+            for start in range(0, ids.size, 5000):
+                part = [int(i) for i in ids[start : start + 5000]]
+                for item_id, blob in session.execute(
+                    select(ItemVector.item_id, ItemVector.vector).where(
+                        ItemVector.space == space, ItemVector.item_id.in_(part)
+                    )
+                ):
+                    by_id[item_id] = blob
+        return unpack_vectors([by_id[int(i)] for i in ids], dim)
+
+    # ---- writes ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """Exclusive write access across processes (two indexers on one collection would race)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CollectionLocked(
+                    f"collection {self.name!r} is being written by another process "
+                    f"(lock {self.dir / '.lock'})"
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def replace_document(
+        self,
+        *,
+        path: str,
+        kind: str,
+        content_hash: str,
+        size: int,
+        mtime: float,
+        items: Sequence[NewItem],
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        """Store a document and its items in one transaction (replacing an older version), then index them."""
+        with self.db.session() as session:
+            doc = session.scalar(
+                select(Document).where(Document.collection == self.name, Document.path == path)
+            )
+            old_ids = self._item_ids(session, doc.id) if doc is not None else []
+            if doc is None:
+                doc = Document(collection=self.name, path=path)
+                session.add(doc)
+            elif old_ids:
+                session.execute(delete(Item).where(Item.document_id == doc.id))
+            doc.kind, doc.content_hash, doc.size, doc.mtime = kind, content_hash, size, mtime
+            doc.status, doc.error, doc.meta = "indexed", None, meta or {}
+            session.flush()
+            rows = [
+                Item(
+                    document_id=doc.id,
+                    collection=self.name,
+                    modality=it.modality,
+                    page=it.page,
+                    bbox=it.bbox,
+                    text=it.text,
+                    thumbnail=it.thumbnail,
+                    content_hash=it.content_hash,
+                    meta=it.meta,
+                )
+                for it in items
+            ]
+            session.add_all(rows)
+            session.flush()
+            for row, it in zip(rows, items, strict=False):
+                session.add_all(
+                    ItemVector(item_id=row.id, space=space, vector=pack_vector(vec))
+                    for space, vec in it.vectors.items()
+                    if space in self.indexes
+                )
+            new_ids = [row.id for row in rows]
+            doc_id = doc.id
+        self._unindex(old_ids)
+        for space, index in self.indexes.items():
+            pairs = [
+                (i, it.vectors[space]) for i, it in zip(new_ids, items, strict=False) if space in it.vectors
+            ]
+            if pairs:
+                index.add(np.asarray([p[0] for p in pairs], dtype=np.int64), np.stack([p[1] for p in pairs]))
+        return doc_id
+
+    def record_failure(
+        self, *, path: str, kind: str, content_hash: str, size: int, mtime: float, error: str
+    ) -> None:
+        """Remember why a file failed. An earlier good version keeps its items: nothing indexed is lost."""
+        with self.db.session() as session:
+            doc = session.scalar(
+                select(Document).where(Document.collection == self.name, Document.path == path)
+            )
+            if doc is None:
+                session.add(
+                    Document(
+                        collection=self.name,
+                        path=path,
+                        kind=kind,
+                        content_hash=content_hash,
+                        size=size,
+                        mtime=mtime,
+                        status="failed",
+                        error=error,
+                        meta={},
+                    )
+                )
+            else:
+                doc.error = error
+                if doc.status == "failed":
+                    doc.content_hash, doc.size, doc.mtime = content_hash, size, mtime
+
+    def touch_document(self, doc_id: int, mtime: float) -> None:
+        with self.db.session() as session:
+            doc = session.get(Document, doc_id)
+            if doc is not None:
+                doc.mtime = mtime
+
+    def delete_documents(self, doc_ids: Iterable[int]) -> int:
+        ids = list(doc_ids)
+        if not ids:
+            return 0
+        with self.db.session() as session:
+            item_ids = []
+            for doc_id in ids:
+                item_ids.extend(self._item_ids(session, doc_id))
+            session.execute(delete(Document).where(Document.id.in_(ids)))
+        self._unindex(item_ids)
+        return len(ids)
+
+    def _item_ids(self, session: Any, doc_id: int) -> list[int]:
+        return list(session.scalars(select(Item.id).where(Item.document_id == doc_id)).all())
+
+    def _unindex(self, item_ids: Sequence[int]) -> None:
+        if item_ids:
+            arr = np.asarray(item_ids, dtype=np.int64)
+            for index in self.indexes.values():
+                index.remove(arr)
+
+    def save(self) -> None:
+        for space, index in self.indexes.items():
+            index.save(self.dir / space)
+
+    # ---- reads ----------------------------------------------------------------------------------------
+
+    def documents(self) -> list[Document]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(Document).where(Document.collection == self.name).order_by(Document.path)
+                )
+            )
+
+    def document_by_path(self, path: str) -> Document | None:
+        with self.db.session() as session:
+            return session.scalar(
+                select(Document).where(Document.collection == self.name, Document.path == path)
+            )
+
+    def items_by_id(self, ids: Iterable[int]) -> dict[int, tuple[Item, Document]]:
+        wanted = [int(i) for i in ids]
+        if not wanted:
+            return {}
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Item, Document)
+                .join(Document, Document.id == Item.document_id)
+                .where(Item.id.in_(wanted), Item.collection == self.name)
+            ).all()
+        return {item.id: (item, doc) for item, doc in rows}
+
+    def search(self, space: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.indexes[space].search(np.atleast_2d(queries).astype(np.float32), k)
+
+
+def relative_to_data(path: Path, data_dir: Path) -> str:
+    return str(path.relative_to(data_dir))

@@ -1,0 +1,138 @@
+"""One Settings object: defaults, over a YAML file from configs/, over MMRAG_* environment variables.
+
+Priority (highest first): explicit overrides, environment (MMRAG_INDEX__USE_GPU=never), the YAML file given
+by --config or MMRAG_CONFIG, the defaults below. configs/default.yaml spells the defaults out.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from mmrag.errors import ConfigError
+
+_yaml_file: ContextVar[Path | None] = ContextVar("mmrag_yaml_file", default=None)
+
+
+def default_data_dir() -> Path:
+    """Per-user data location, following XDG on Linux (~/.local/share/mmrag)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mmrag"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
+    # "open_clip:ARCH/PRETRAINED_TAG", "open_clip:ARCH/path/to/weights.pt", "hf-hub:org/repo", or a local
+    # directory holding open_clip_config.json and weights.
+    clip: str = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+    # Extra open_clip architecture JSON files or folders of them (open_clip.add_model_config).
+    model_config_paths: list[Path] = Field(default_factory=list)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+    cache_dir: Path | None = None  # where hub weights are cached; None = the library's default
+
+
+class IngestSettings(_Section):
+    max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(100_000_000, ge=1)  # Pillow's decompression-bomb limit
+    thumbnail_size: int = Field(256, ge=16, le=2048)
+    min_pdf_image_side: int = Field(64, ge=1)  # smaller embedded images are icons, bullets, rules
+    render_pages: bool = False  # also index a rendered image of every PDF page (scans, figure pages)
+    render_dpi: int = Field(96, ge=24, le=600)
+    max_pdf_pages: int = Field(5000, ge=1)
+    chunk_words: int = Field(48, ge=8)  # CLIP's text tower reads 77 tokens: ~50 words fit
+    chunk_overlap_words: int = Field(8, ge=0)
+    save_every_files: int = Field(50, ge=1)  # persist the index this often during a run
+
+    @field_validator("chunk_overlap_words")
+    @classmethod
+    def _overlap_below_chunk(cls, v: int, info: Any) -> int:
+        size = info.data.get("chunk_words", 48)
+        if v >= size:
+            raise ValueError(f"chunk_overlap_words ({v}) must be smaller than chunk_words ({size})")
+        return v
+
+
+class IndexSettings(_Section):
+    use_gpu: Literal["auto", "never"] = "auto"
+    ivf_min_items: int = Field(100_000, ge=1000)  # below this, exact flat search is fast enough
+    nprobe: int = Field(16, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MMRAG_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None  # None: SQLite in data_dir; any SQLAlchemy URL otherwise
+    collection: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'mmrag.db'}"
+
+    def index_dir(self, collection: str | None = None) -> Path:
+        return self.data_dir / "indexes" / (collection or self.collection)
+
+    @property
+    def thumbnail_dir(self) -> Path:
+        return self.data_dir / "thumbnails"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _yaml_file.get()
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+@contextmanager
+def _yaml_layer(path: Path | None):  # type: ignore[no-untyped-def]
+    token = _yaml_file.set(path)
+    try:
+        yield
+    finally:
+        _yaml_file.reset(token)
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build Settings from an optional YAML file (argument, else $MMRAG_CONFIG), env and overrides."""
+    from pydantic import ValidationError
+
+    raw = config or os.environ.get("MMRAG_CONFIG") or None
+    path = Path(raw).expanduser() if raw else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with _yaml_layer(path):
+            return Settings(**overrides)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid settings{where}:\n{exc}") from exc

@@ -1,0 +1,106 @@
+"""Database tables. The database is the source of truth; FAISS indexes are rebuildable caches of it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere ids are 64-bit (they are FAISS ids).
+Id64 = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Space(Base):
+    """An embedding space of a collection and the model that defines it."""
+
+    __tablename__ = "spaces"
+    collection: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(512))
+    dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("collection", "path", name="uq_documents_collection_path"),)
+
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    collection: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(String(4096))
+    kind: Mapped[str] = mapped_column(String(16))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="indexed")  # indexed | failed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    items: Mapped[list[Item]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Item(Base):
+    """One retrievable thing: an image, a text chunk or a rendered page. Its id is its FAISS id."""
+
+    __tablename__ = "items"
+    # AUTOINCREMENT: SQLite must never hand a deleted item's id (= a FAISS id) to a new item.
+    __table_args__ = (
+        Index("ix_items_collection_modality", "collection", "modality"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    collection: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str] = mapped_column(String(16))
+    page: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    bbox: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    thumbnail: Mapped[str | None] = mapped_column(String(256), nullable=True)  # relative to data_dir
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    document: Mapped[Document] = relationship(back_populates="items")
+    vectors: Mapped[list[ItemVector]] = relationship(
+        back_populates="item", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ItemVector(Base):
+    """An item's embedding in one space, kept so an index can be repaired or rebuilt without re-embedding."""
+
+    __tablename__ = "item_vectors"
+    __table_args__ = (Index("ix_item_vectors_space", "space"),)
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    space: Mapped[str] = mapped_column(String(32), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float16, L2-normalised
+
+    item: Mapped[Item] = relationship(back_populates="vectors")

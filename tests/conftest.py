@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mmrag.settings import Settings, load_settings
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_CLIP_CONFIG = ASSETS / "mmrag-test-tiny.json"
+TINY_CLIP_WIDE_CONFIG = ASSETS / "mmrag-test-tiny-wide.json"
+
+
+def tiny_clip_id(config: Path = TINY_CLIP_CONFIG) -> str:
+    """A tiny real open_clip architecture (ViT + text transformer) with seeded random weights saved once as a
+    checkpoint file: every process that loads it (the CLI under test, the test itself) gets the same model,
+    through the same loading code users use."""
+    import hashlib
+
+    arch = config.stem
+    digest = hashlib.sha1(config.read_bytes()).hexdigest()[:10]
+    path = Path(tempfile.gettempdir()) / f"{arch}-{digest}.pt"
+    if not path.exists():
+        import open_clip
+        import torch
+
+        open_clip.add_model_config(config)
+        torch.manual_seed(0)
+        model = open_clip.create_model(arch, pretrained=None)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"state_dict": model.state_dict()}, tmp)
+        os.replace(tmp, path)
+    return f"open_clip:{arch}/{path}"
+
+
+TINY_CLIP = tiny_clip_id()
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def tiny_clip_env(data_dir: Path) -> dict[str, str]:
+    """Environment that points a `mmrag` process at the tiny CLIP and a private data dir."""
+    return {
+        "MMRAG_DATA_DIR": str(data_dir),
+        "MMRAG_MODELS__CLIP": TINY_CLIP,
+        "MMRAG_MODELS__MODEL_CONFIG_PATHS": json.dumps([str(ASSETS)]),
+        "MMRAG_MODELS__BATCH_SIZE": "8",
+    }
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def tiny_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = tiny_clip_env(data_dir)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def tiny_settings(tiny_env: dict[str, str]) -> Settings:
+    return load_settings()

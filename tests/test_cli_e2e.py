@@ -1,0 +1,219 @@
+"""End to end through the real `mmrag` command, in its own process, with a tiny random-weight CLIP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pymupdf
+import pytest
+from PIL import Image
+
+from tests.conftest import tiny_clip_env
+from tests.realdata import write_markdown, write_pdf_with_photos, write_photos
+
+pytestmark = pytest.mark.slow
+
+
+def mmrag(
+    data_dir: Path, *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **tiny_clip_env(data_dir), **(extra_env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mmrag", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def stats(data_dir: Path) -> dict:
+    res = mmrag(data_dir, "stats", "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def assert_consistent(data_dir: Path) -> dict:
+    info = stats(data_dir)
+    assert info["indexes"]["clip"]["count"] == sum(info["items"].values())
+    return info
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    root = tmp_path / "library"
+    write_photos(root / "photos", ["chelsea", "astronaut", "coffee", "rocket"])
+    write_pdf_with_photos(
+        root / "docs" / "report.pdf",
+        [["chelsea"], ["rocket"], ["chelsea"]],
+        text=["A cat sleeps on the sofa.", "The rocket stands on the launch pad.", "The cat again."],
+    )
+    write_markdown(root / "notes" / "notes.md")
+    # bad input that must be reported, not crash the run
+    good = (root / "photos" / "coffee.jpg").read_bytes()
+    (root / "photos" / "broken.jpg").write_bytes(good[: len(good) // 3])
+    encrypted = pymupdf.open()
+    encrypted.new_page().insert_text((72, 72), "secret")
+    encrypted.save(
+        root / "docs" / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="pw", owner_pw="pw"
+    )
+    (root / "notes" / "archive.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    return root
+
+
+def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    res = mmrag(data, "index", str(library))
+    assert res.returncode == 1, res.stderr  # two bad files
+    assert "broken.jpg" in res.stderr and "locked.pdf" in res.stderr
+    assert "encrypted" in res.stderr.lower()
+    assert "indexed 6 files" in res.stderr  # 4 photos + report.pdf + notes.md
+    info = assert_consistent(data)
+    assert info["documents"] == 6
+    assert {f["path"].rsplit("/", 1)[-1] for f in info["failed"]} == {"broken.jpg", "locked.pdf"}
+    assert info["items"]["image"] == 4 + 2  # the PDF's cat is used twice but stored once
+    assert info["items"]["text"] >= 3
+
+    # an image query finds the identical photo: the file and the picture inside the PDF
+    res = mmrag(data, "query", "--image", str(library / "photos" / "chelsea.jpg"), "-k", "3", "--json")
+    assert res.returncode == 0, res.stderr
+    hits = json.loads(res.stdout)
+    top_two = {(Path(h["path"]).name, h["page"]) for h in hits[:2]}
+    assert top_two == {("chelsea.jpg", None), ("report.pdf", 1)}
+    assert all(h["scores"]["clip:image"] > 0.99 for h in hits[:2])
+    pdf_hit = next(h for h in hits if h["page"] == 1)
+    x0, y0, x1, y1 = pdf_hit["bbox"]
+    assert 0 <= x0 < x1 <= 595 and 0 <= y0 < y1 <= 842
+
+    # a text query returns mixed modalities, as JSON or as a table
+    res = mmrag(data, "query", "a rocket on the launch pad", "-k", "20", "--json")
+    assert res.returncode == 0, res.stderr
+    hits = json.loads(res.stdout)
+    assert {h["modality"] for h in hits} == {"image", "text"}
+    assert {Path(h["path"]).name for h in hits} >= {"report.pdf", "notes.md", "rocket.jpg"}
+    res = mmrag(data, "query", "a rocket on the launch pad", "-k", "5", extra_env={"COLUMNS": "250"})
+    assert res.returncode == 0 and "5 results" in res.stdout and str(library) in res.stdout
+
+    # unchanged files are skipped
+    res = mmrag(data, "index", str(library))
+    assert "indexed 0 files" in res.stderr and "6 unchanged" in res.stderr
+    ids_before = set(_item_ids(data))
+
+    # edit one file, delete another, prune
+    notes = library / "notes" / "notes.md"
+    notes.write_text(notes.read_text() + "\n\n## Appendix\n\nA brand new closing section about telescopes.\n")
+    (library / "photos" / "rocket.jpg").unlink()
+    (library / "photos" / "broken.jpg").unlink()
+    res = mmrag(data, "index", "--prune", str(library))
+    assert "indexed 1 files" in res.stderr and "2 pruned" in res.stderr, res.stderr
+    info = assert_consistent(data)
+    assert info["items"]["image"] == 5
+    paths = {Path(p).name for p in _document_paths(data)}
+    assert "rocket.jpg" not in paths and "broken.jpg" not in paths
+    texts = _texts_of(data, "notes.md")
+    assert any("telescopes" in t for t in texts)
+    assert set(_item_ids(data)) & ids_before  # the untouched files kept their items
+
+    # delete a document through the CLI
+    res = mmrag(data, "delete", str(library / "docs" / "report.pdf"))
+    assert res.returncode == 0, res.stderr
+    info = assert_consistent(data)
+    assert "report.pdf" not in {Path(p).name for p in _document_paths(data)}
+    res = mmrag(data, "delete", str(library / "docs" / "report.pdf"))
+    assert res.returncode == 1 and "no indexed document" in res.stderr
+
+
+def test_empty_folder_and_missing_folder(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "empty").mkdir()
+    res = mmrag(data, "index", str(tmp_path / "empty"))
+    assert res.returncode == 0 and "indexed 0 files" in res.stderr
+    res = mmrag(data, "index", str(tmp_path / "nope"))
+    assert res.returncode == 2 and "nope" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    res = mmrag(tmp_path / "data", "stats", extra_env={"MMRAG_MODELS__CLIP": "open_clip:NoSuchNet/x"})
+    assert res.returncode == 2
+    assert "unknown open_clip architecture 'NoSuchNet'" in res.stderr and "Traceback" not in res.stderr
+
+
+def _lfw_and_digits(folder: Path, n_digits: int) -> int:
+    from skimage.data import lfw_subset
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(parents=True)
+    for i, face in enumerate(lfw_subset()):
+        Image.fromarray((face * 255).astype(np.uint8)).save(folder / f"lfw_{i:03d}.png")
+    digits = load_digits().images[:n_digits]
+    for i, digit in enumerate(digits):
+        Image.fromarray((digit * 16).astype(np.uint8)).resize((32, 32)).save(folder / f"digit_{i:04d}.png")
+    return 200 + n_digits
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_leaves_a_consistent_collection_and_rerun_finishes(tmp_path: Path, sig: int) -> None:
+    data = tmp_path / "data"
+    total = _lfw_and_digits(tmp_path / "faces", 800)
+    env = {**os.environ, **tiny_clip_env(data), "MMRAG_INGEST__SAVE_EVERY_FILES": "7"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmrag", "index", str(tmp_path / "faces")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    committed = _wait_for_documents(data / "mmrag.db", at_least=40, proc=proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert committed < total, "the run finished before it could be interrupted"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    info = assert_consistent(data)  # opening repairs an index that lagged the database
+    assert 0 < info["documents"] < total
+
+    res = mmrag(data, "index", str(tmp_path / "faces"))
+    assert res.returncode == 0, res.stderr
+    info = assert_consistent(data)
+    assert info["documents"] == total and info["items"] == {"image": total}
+    paths = _document_paths(data)
+    assert len(paths) == len(set(paths)) == total
+
+
+def _wait_for_documents(db: Path, at_least: int, proc: subprocess.Popen[str]) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return 10**9
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as conn:
+                    n = conn.execute("select count(*) from documents").fetchone()[0]
+            except sqlite3.OperationalError:
+                n = 0
+            if n >= at_least:
+                return n
+        time.sleep(0.01)
+    raise AssertionError("indexing made no progress")
+
+
+def _query(data_dir: Path, sql: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(data_dir / "mmrag.db") as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def _item_ids(data_dir: Path) -> list[int]:
+    return [r[0] for r in _query(data_dir, "select id from items")]
+
+
+def _document_paths(data_dir: Path) -> list[str]:
+    return [r[0] for r in _query(data_dir, "select path from documents where status = 'indexed'")]
+
+
+def _texts_of(data_dir: Path, name: str) -> list[str]:
+    rows = _query(data_dir, "select i.text, d.path from items i join documents d on d.id = i.document_id")
+    return [t for t, p in rows if p.endswith(name) and t]

@@ -1,0 +1,160 @@
+"""The collection keeps its FAISS indexes and the database consistent, and repairs drift from the DB."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmrag.collection import Collection, NewItem
+from mmrag.embed.clip import ClipEmbedder
+from mmrag.errors import ModelMismatchError
+from mmrag.settings import Settings
+from mmrag.store.db import Database
+from tests.conftest import TINY_CLIP_WIDE_CONFIG, tiny_clip_id
+
+
+def _open(settings: Settings, clip: ClipEmbedder | None = None) -> tuple[Collection, Database]:
+    db = Database(settings.db_url)
+    coll = Collection(settings, db, [clip or ClipEmbedder(settings.models)])
+    coll.open()
+    return coll, db
+
+
+def _add_docs(coll: Collection, n_docs: int, per_doc: int, dim: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(n_docs * per_doc, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for d in range(n_docs):
+        items = [
+            NewItem(
+                modality="text",
+                content_hash=f"h{d}-{i}",
+                text=f"chunk {i}",
+                vectors={"clip": vectors[d * per_doc + i]},
+            )
+            for i in range(per_doc)
+        ]
+        coll.replace_document(
+            path=f"/docs/{d}.txt", kind="text", content_hash=f"d{d}", size=1, mtime=1.0, items=items
+        )
+    return vectors
+
+
+def _db_item_count(db: Database) -> int:
+    from sqlalchemy import func, select
+
+    from mmrag.store.models import Item
+
+    with db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(Item)) or 0)
+
+
+def test_replace_document_swaps_items_and_index_entries(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    vectors = _add_docs(coll, 3, 4)
+    assert len(coll.indexes["clip"]) == 12 == _db_item_count(db)
+    # the stored vector finds its own item first
+    scores, ids = coll.search("clip", vectors[5], 1)
+    item, doc = coll.items_by_id(ids[0])[int(ids[0][0])]
+    assert doc.path == "/docs/1.txt" and item.text == "chunk 1" and scores[0][0] == pytest.approx(1, abs=2e-3)
+    # a new version of document 1 with one item replaces its four
+    new_vec = np.ones(32, dtype=np.float32) / np.sqrt(32)
+    coll.replace_document(
+        path="/docs/1.txt",
+        kind="text",
+        content_hash="d1v2",
+        size=2,
+        mtime=2.0,
+        items=[NewItem(modality="text", content_hash="new", text="v2", vectors={"clip": new_vec})],
+    )
+    assert len(coll.indexes["clip"]) == 9 == _db_item_count(db)
+    indexed = coll.items_by_id(coll.indexes["clip"].ids()).values()
+    assert sorted(item.text for item, doc in indexed if doc.path == "/docs/1.txt") == ["v2"]
+    db.close()
+
+
+def test_deleted_ids_are_never_reused(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    _add_docs(coll, 2, 2)
+    before = set(coll.indexes["clip"].ids().tolist())
+    coll.delete_documents([d.id for d in coll.documents() if d.path == "/docs/1.txt"])
+    _add_docs(coll, 1, 2)  # re-adds /docs/0.txt: replaced, with new ids
+    after = set(coll.indexes["clip"].ids().tolist())
+    assert not (after & before), "a deleted item's FAISS id was handed to a new item"
+    db.close()
+
+
+def test_index_that_lags_the_database_is_repaired_on_open(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    _add_docs(coll, 2, 3)
+    coll.save()
+    # more writes reach the database, but the process dies before the index is saved
+    _add_docs(coll, 4, 3)
+    db.close()
+    coll2, db2 = _open(tiny_settings)
+    assert len(coll2.indexes["clip"]) == 12 == _db_item_count(db2)
+    db2.close()
+
+
+def test_index_with_entries_the_database_lost_is_repaired(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    _add_docs(coll, 3, 2)
+    coll.save()
+    # the documents disappear from the database (e.g. deleted by another process) but the index kept them
+    from sqlalchemy import delete
+
+    from mmrag.store.models import Document
+
+    with db.session() as s:
+        s.execute(delete(Document).where(Document.path == "/docs/2.txt"))
+    db.close()
+    coll2, db2 = _open(tiny_settings)
+    assert len(coll2.indexes["clip"]) == 4 == _db_item_count(db2)
+    db2.close()
+
+
+def test_torn_index_is_rebuilt_from_the_database(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    vectors = _add_docs(coll, 2, 3)
+    coll.save()
+    db.close()
+    index_file = tiny_settings.index_dir() / "clip" / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:100])  # a torn write
+    coll2, db2 = _open(tiny_settings)
+    assert len(coll2.indexes["clip"]) == 6
+    _, ids = coll2.search("clip", vectors[4], 1)
+    assert coll2.items_by_id(ids[0])[int(ids[0][0])][1].path == "/docs/1.txt"
+    manifest = json.loads((tiny_settings.index_dir() / "clip" / "manifest.json").read_text())
+    assert manifest["count"] == 6
+    db2.close()
+
+
+def test_opening_with_another_model_is_refused(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    _add_docs(coll, 1, 1)
+    coll.save()
+    db.close()
+    wide = tiny_settings.model_copy(
+        update={
+            "models": tiny_settings.models.model_copy(update={"clip": tiny_clip_id(TINY_CLIP_WIDE_CONFIG)})
+        }
+    )
+    with pytest.raises(
+        ModelMismatchError, match=r"mmrag-test-tiny/\S+ \(dim 32\).*mmrag-test-tiny-wide/\S+ \(dim 48\)"
+    ):
+        _open(wide)
+
+
+def test_collections_are_isolated(tiny_settings: Settings, tmp_path: Path) -> None:
+    coll, db = _open(tiny_settings)
+    vectors = _add_docs(coll, 2, 2)
+    other = Collection(tiny_settings, db, [ClipEmbedder(tiny_settings.models)], name="other")
+    other.open()
+    assert len(other.indexes["clip"]) == 0
+    _, ids = other.search("clip", vectors[0], 5)
+    assert (ids == -1).all()
+    assert other.items_by_id(coll.indexes["clip"].ids()) == {}
+    db.close()
