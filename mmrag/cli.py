@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not verbose:  # model loaders draw their own progress bars; ours is the one that matters
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     _State.config = config
     _State.overrides = {}
     if data_dir is not None:
@@ -63,10 +67,10 @@ def _fail(exc: Exception, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _runtime():  # type: ignore[no-untyped-def]
+def _runtime(**extra: Any):  # type: ignore[no-untyped-def]
     from mmrag.runtime import open_runtime
 
-    settings = _settings()
+    settings = _settings(**extra)
     rt = open_runtime(settings)
     for rep in rt.repairs:
         if rep.changed:
@@ -99,13 +103,16 @@ def _terminate_as_interrupt(signum: int, frame: Any) -> None:
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.")],
     prune: Annotated[bool, typer.Option(help="Remove items of files that disappeared under PATHS.")] = False,
+    road: Annotated[
+        str | None, typer.Option(help="Images go through: clip (image tower), caption (caption + OCR), both.")
+    ] = None,
 ) -> None:
     """Index folders of images, PDFs and text/Markdown files. Unchanged files are skipped."""
     from mmrag.ingest.pipeline import Indexer
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a kill finishes like Ctrl-C: consistent state
     try:
-        rt = _runtime()
+        rt = _runtime(**({"ingest": {"road": road}} if road else {}))
         columns = [
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -113,8 +120,9 @@ def index(
             TextColumn("files · {task.fields[items]} items"),
             TimeElapsedColumn(),
         ]
+        indexer = Indexer(rt.settings, rt.collection, rt.vectoriser())
         with rt.collection.writer(), Progress(*columns, console=err, transient=False) as progress:
-            report = Indexer(rt.settings, rt.collection, rt.clip).run(paths, prune, _RichProgress(progress))
+            report = indexer.run(paths, prune, _RichProgress(progress))
         rt.close()
     except MmragError as exc:
         raise _fail(exc) from None
@@ -141,14 +149,13 @@ def query(
 ) -> None:
     """Search the collection with text and/or an image."""
     from mmrag.ingest.images import load_image
-    from mmrag.retrieve.search import Retriever
 
     if not text and image is None:
         raise _fail(ValueError("give a text query, --image PATH, or both"))
     try:
         rt = _runtime()
         query_image = load_image(image, rt.settings.ingest.max_image_pixels) if image is not None else None
-        hits = Retriever(rt.collection, [rt.clip]).search(text, query_image, k)
+        hits = rt.retriever().search(text, query_image, k)
         rt.close()
     except MmragError as exc:
         raise _fail(exc) from None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
+from mmrag.caption.base import Captioner
 from mmrag.collection import Collection, RepairReport
+from mmrag.embed.base import TextEncoder
 from mmrag.embed.clip import ClipEmbedder
 from mmrag.settings import Settings
 from mmrag.store.db import Database
@@ -14,22 +17,70 @@ from mmrag.store.db import Database
 class Runtime:
     settings: Settings
     db: Database
-    clip: ClipEmbedder
+    clip: ClipEmbedder | None
+    text: TextEncoder | None
     collection: Collection
-    repairs: list[RepairReport]
+    repairs: list[RepairReport] = field(default_factory=list)
+
+    @property
+    def encoders(self) -> list[TextEncoder]:
+        return [enc for enc in (self.clip, self.text) if enc is not None]
+
+    @cached_property
+    def captioner(self) -> Captioner | None:
+        from mmrag.caption.factory import build_captioner
+
+        return build_captioner(self.settings)
+
+    def vectoriser(self):  # type: ignore[no-untyped-def]
+        from mmrag.caption.factory import build_ocr
+        from mmrag.ingest.vectorise import Vectoriser
+
+        return Vectoriser(
+            self.db,
+            self.settings.ingest.road,
+            clip=self.clip,
+            text=self.text,
+            captioner=self.captioner,
+            ocr=build_ocr(self.settings),
+            caption_batch=self.settings.caption.batch_size,
+        )
+
+    def retriever(self):  # type: ignore[no-untyped-def]
+        from mmrag.retrieve.search import Retriever
+
+        return Retriever(
+            self.collection,
+            self.encoders,
+            fusion=self.settings.retrieve.fusion,
+            captioner=self.captioner if self.clip is None else None,
+        )
 
     def close(self) -> None:
         self.db.close()
 
 
+def build_encoders(settings: Settings) -> tuple[ClipEmbedder | None, TextEncoder | None]:
+    """Model objects are cheap until first used; ids are validated here, before anything touches the disk."""
+    clip = ClipEmbedder(settings.models) if settings.spaces.clip else None
+    text = None
+    if settings.spaces.text:
+        from mmrag.embed.text import TextEmbedder
+
+        text = TextEmbedder(
+            settings.models.text, device=settings.models.device, cache_dir=settings.models.cache_dir
+        )
+    return clip, text
+
+
 def open_runtime(settings: Settings, collection: str | None = None) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    clip = ClipEmbedder(settings.models)  # validates the model id before anything touches the disk
+    clip, text = build_encoders(settings)
     db = Database(settings.db_url)
     try:
-        coll = Collection(settings, db, [clip], name=collection)
+        coll = Collection(settings, db, [enc for enc in (clip, text) if enc is not None], name=collection)
         repairs = coll.open()
     except BaseException:
         db.close()
         raise
-    return Runtime(settings, db, clip, coll, repairs)
+    return Runtime(settings, db, clip, text, coll, repairs)

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +45,32 @@ class ModelSettings(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     cache_dir: Path | None = None  # where hub weights are cached; None = the library's default
+    # The text space's sentence-transformers model; the packaged MiniLM copy is used when installed.
+    text: str = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class SpacesSettings(_Section):
+    """Which embedding spaces (one FAISS index each) are active."""
+
+    clip: bool = True  # images and text in open_clip's shared space
+    text: bool = True  # text chunks, captions and OCR text in the sentence-transformers space
+
+
+class CaptionSettings(_Section):
+    """The caption road: describe each image in words (and read its text), embed that in the text space."""
+
+    backend: Literal["none", "efficientnet", "openai", "transformers"] = "none"
+    model: str = ""  # the served model name (openai) or a model id / directory (transformers)
+    base_url: str = "http://localhost:8000/v1"  # any OpenAI-compatible server: vLLM, Ollama, llama.cpp
+    api_key: SecretStr | None = None
+    prompt: str | None = None  # None: mmrag's search-oriented caption prompt
+    max_tokens: int = Field(120, ge=8, le=4096)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=20)
+    max_concurrency: int = Field(4, ge=1, le=256)
+    batch_size: int = Field(8, ge=1, le=512)
+    ocr: bool = False  # also read text in images and rendered pages (RapidOCR); feeds the text space
+    ocr_min_score: float = Field(0.5, ge=0, le=1)
 
 
 class IngestSettings(_Section):
@@ -58,6 +84,8 @@ class IngestSettings(_Section):
     chunk_words: int = Field(48, ge=8)  # CLIP's text tower reads 77 tokens: ~50 words fit
     chunk_overlap_words: int = Field(8, ge=0)
     save_every_files: int = Field(50, ge=1)  # persist the index this often during a run
+    # Which road images take: "clip" (image tower), "caption" (caption/OCR text in the text space), "both".
+    road: Literal["clip", "caption", "both"] = "clip"
 
     @field_validator("chunk_overlap_words")
     @classmethod
@@ -66,6 +94,11 @@ class IngestSettings(_Section):
         if v >= size:
             raise ValueError(f"chunk_overlap_words ({v}) must be smaller than chunk_words ({size})")
         return v
+
+
+class RetrieveSettings(_Section):
+    # "calibrated": per-space, per-modality score normalisation fitted on the collection; "rrf": by rank.
+    fusion: Literal["calibrated", "rrf"] = "calibrated"
 
 
 class IndexSettings(_Section):
@@ -83,8 +116,31 @@ class Settings(BaseSettings):
     database_url: str | None = None  # None: SQLite in data_dir; any SQLAlchemy URL otherwise
     collection: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     models: ModelSettings = Field(default_factory=ModelSettings)
+    spaces: SpacesSettings = Field(default_factory=SpacesSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    caption: CaptionSettings = Field(default_factory=CaptionSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
+    retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)
+
+    @model_validator(mode="after")
+    def _roads_have_their_spaces(self) -> Settings:
+        road = self.ingest.road
+        if not (self.spaces.clip or self.spaces.text):
+            raise ValueError("no embedding space is active: enable spaces.clip and/or spaces.text")
+        if road in ("clip", "both") and not self.spaces.clip:
+            raise ValueError(f"ingest.road={road} sends images through CLIP, but spaces.clip is off")
+        if road in ("caption", "both"):
+            if not self.spaces.text:
+                raise ValueError(
+                    f"ingest.road={road} embeds captions in the text space, but spaces.text is off"
+                )
+            if self.caption.backend == "none" and not self.caption.ocr:
+                raise ValueError(
+                    f"ingest.road={road} needs a captioner (caption.backend) or OCR (caption.ocr: true)"
+                )
+        if self.caption.backend in ("openai", "transformers") and not self.caption.model:
+            raise ValueError(f"caption.backend={self.caption.backend} needs caption.model")
+        return self
 
     @property
     def db_url(self) -> str:

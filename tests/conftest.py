@@ -50,6 +50,7 @@ def tiny_clip_env(data_dir: Path) -> dict[str, str]:
         "MMRAG_MODELS__CLIP": TINY_CLIP,
         "MMRAG_MODELS__MODEL_CONFIG_PATHS": json.dumps([str(ASSETS)]),
         "MMRAG_MODELS__BATCH_SIZE": "8",
+        "MMRAG_SPACES__TEXT": "false",  # CLIP alone; the text space has tests of its own
     }
 
 

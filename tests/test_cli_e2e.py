@@ -170,7 +170,8 @@ def test_killed_run_leaves_a_consistent_collection_and_rerun_finishes(tmp_path: 
     committed = _wait_for_documents(data / "mmrag.db", at_least=40, proc=proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert committed < total, "the run finished before it could be interrupted"
+    assert committed is not None, f"the run ended before it could be interrupted: {stderr}"
+    assert committed < total
     if sig == signal.SIGTERM:
         assert proc.returncode == 130 and "interrupted" in stderr, stderr
     info = assert_consistent(data)  # opening repairs an index that lagged the database
@@ -184,11 +185,11 @@ def test_killed_run_leaves_a_consistent_collection_and_rerun_finishes(tmp_path: 
     assert len(paths) == len(set(paths)) == total
 
 
-def _wait_for_documents(db: Path, at_least: int, proc: subprocess.Popen[str]) -> int:
+def _wait_for_documents(db: Path, at_least: int, proc: subprocess.Popen[str]) -> int | None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            return 10**9
+            return None
         if db.exists():
             try:
                 with sqlite3.connect(db, timeout=1) as conn:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+import torch
 from PIL import Image
 
 from mmrag.caption.base import CAPTION_PROMPT, Captioner
@@ -268,7 +269,8 @@ def test_reply_of_only_special_tokens_is_an_empty_caption_error(
 
     results = TransformersCaptioner(vlm).caption([photos["chelsea"]])
 
-    assert results == [results[0]] and results[0].error == "empty caption" and results[0].text is None
+    assert len(results) == 1
+    assert results[0].error == "empty caption" and results[0].text is None
 
 
 def test_captioner_id_names_model_and_prompt(checkpoint_dir: Callable[[str], Path]) -> None:
@@ -282,6 +284,16 @@ def test_captioner_id_names_model_and_prompt(checkpoint_dir: Callable[[str], Pat
     )
     assert other.captioner_id != default.captioner_id
     assert TransformersCaptioner(vlm).caption([]) == []
+
+
+def test_auto_device_and_dtype_follow_the_hardware(checkpoint_dir: Callable[[str], Path]) -> None:
+    vlm = TransformersVLM(str(checkpoint_dir("llava")))
+
+    if torch.cuda.is_available():
+        assert vlm.device.type == "cuda" and vlm.model.dtype in (torch.bfloat16, torch.float16)
+    else:
+        assert vlm.device.type == "cpu" and vlm.model.dtype == torch.float32
+    assert next(vlm.model.parameters()).device.type == vlm.device.type
 
 
 def test_load_is_shared_by_concurrent_callers(checkpoint_dir: Callable[[str], Path]) -> None:

@@ -14,17 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 from PIL import Image
 
 from mmrag.collection import Collection, NewItem
-from mmrag.embed.base import ImageEncoder
 from mmrag.errors import ExtractionError
 from mmrag.ingest.discover import DiscoveredFile, SkippedFile, discover, hash_file
 from mmrag.ingest.images import extract_image_file, make_thumbnail
 from mmrag.ingest.items import ExtractedItem, FileKind, Modality
 from mmrag.ingest.pdf import extract_pdf
 from mmrag.ingest.text import extract_text_file
+from mmrag.ingest.vectorise import PendingItem, Vectoriser
 from mmrag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,25 +70,17 @@ class _NoProgress:
 
 
 @dataclass
-class _PendingItem:
-    extracted: ExtractedItem
-    thumbnail: str | None
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
 class _PendingDoc:
     file: DiscoveredFile
     content_hash: str
-    items: list[_PendingItem] = field(default_factory=list)
-    error: str | None = None
+    items: list[PendingItem] = field(default_factory=list)
 
 
 class Indexer:
-    def __init__(self, settings: Settings, collection: Collection, clip: ImageEncoder) -> None:
+    def __init__(self, settings: Settings, collection: Collection, vectoriser: Vectoriser) -> None:
         self.settings = settings
         self.collection = collection
-        self.clip = clip
+        self.vectoriser = vectoriser
         self.batch_size = settings.models.batch_size
         self._pending: list[_PendingDoc] = []
 
@@ -165,7 +156,7 @@ class Indexer:
             for extracted in self._extract(file):
                 doc.items.append(self._prepare(extracted))
                 if self._pending_load(doc) >= self.batch_size:
-                    self._vectorise([*self._pending, doc])
+                    self.vectoriser.run([it for d in [*self._pending, doc] for it in d.items])
         except ExtractionError as exc:
             return self._fail(file, content_hash, str(exc))
         except (OSError, MemoryError, ValueError, RuntimeError) as exc:  # library errors on hostile input
@@ -183,12 +174,12 @@ class Indexer:
             return extract_pdf(file.path, ingest)
         return extract_text_file(file.path, ingest)
 
-    def _prepare(self, extracted: ExtractedItem) -> _PendingItem:
+    def _prepare(self, extracted: ExtractedItem) -> PendingItem:
         thumbnail = None
         if extracted.image is not None:
             thumbnail = self._write_thumbnail(extracted)
             extracted.image = _working_copy(extracted.image)
-        return _PendingItem(extracted, thumbnail)
+        return PendingItem(extracted, thumbnail)
 
     def _write_thumbnail(self, extracted: ExtractedItem) -> str:
         assert extracted.image is not None
@@ -219,35 +210,35 @@ class Indexer:
         images = texts = 0
         for doc in [*self._pending, *extra]:
             for item in doc.items:
-                if not item.vectors:
+                if not item.done:
                     if item.extracted.image is not None:
                         images += 1
                     else:
                         texts += 1
         return images + texts // 4
 
-    def _vectorise(self, docs: Sequence[_PendingDoc]) -> None:
-        waiting = [it for doc in docs if doc.error is None for it in doc.items if not it.vectors]
-        images = [it for it in waiting if it.extracted.image is not None]
-        texts = [it for it in waiting if it.extracted.image is None and it.extracted.text]
-        if images:
-            vectors = self.clip.encode_images([it.extracted.image for it in images])  # type: ignore[misc]
-            for it, vec in zip(images, vectors, strict=False):
-                it.vectors[self.clip.space] = vec
-                it.extracted.image = None  # the pixels are no longer needed; free them
-        if texts:
-            vectors = self.clip.encode_texts([it.extracted.text or "" for it in texts])
-            for it, vec in zip(texts, vectors, strict=False):
-                it.vectors[self.clip.space] = vec
-
     def _flush(self, report: IndexReport, progress: ProgressSink) -> int:
         """Embed everything pending, then commit each complete document. Returns documents committed."""
         if not self._pending:
             return 0
-        self._vectorise(self._pending)
+        self.vectoriser.run([it for doc in self._pending for it in doc.items])
         done = 0
         for doc in self._pending:
             items = [_to_new_item(it) for it in doc.items if it.vectors]
+            if not items:  # e.g. caption road only, and the captioner failed on every image
+                reasons = {it.extracted.meta.get("caption_error") for it in doc.items} - {None}
+                why = "; ".join(sorted(reasons)) or "nothing could be embedded"
+                self._finish(
+                    report, progress, self._fail(doc.file, doc.content_hash, f"no item indexed: {why}")
+                )
+                continue
+            if len(items) < len(doc.items):
+                log.warning(
+                    "%s: %d of %d items could not be embedded",
+                    doc.file.path,
+                    len(doc.items) - len(items),
+                    len(doc.items),
+                )
             self.collection.replace_document(
                 path=str(doc.file.path),
                 kind=doc.file.kind.value,
@@ -286,7 +277,7 @@ def _working_copy(image: Image.Image) -> Image.Image:
     return copy
 
 
-def _to_new_item(it: _PendingItem) -> NewItem:
+def _to_new_item(it: PendingItem) -> NewItem:
     ex = it.extracted
     return NewItem(
         modality=ex.modality.value if isinstance(ex.modality, Modality) else str(ex.modality),

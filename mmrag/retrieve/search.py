@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from mmrag.caption.base import Captioner
 from mmrag.collection import Collection
-from mmrag.embed.base import ImageEncoder, TextEncoder
-from mmrag.retrieve.fusion import reciprocal_rank_fusion
+from mmrag.embed.base import TextEncoder
+from mmrag.retrieve.calibration import Calibration, load_or_fit
+from mmrag.retrieve.fusion import calibrated_fusion, raw_score_merge, reciprocal_rank_fusion
 
 
 @dataclass
@@ -22,42 +25,87 @@ class Hit:
     bbox: list[float] | None
     text: str | None
     thumbnail: str | None
-    ranks: dict[str, int] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)
+    ranks: dict[str, int] = field(default_factory=dict)  # per list ("clip:text", "text:text", ...)
+    scores: dict[str, float] = field(default_factory=dict)  # raw cosine per list
+    calibrated: dict[str, float] = field(default_factory=dict)  # z-score per list (calibrated fusion)
 
     def to_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 class Retriever:
-    def __init__(self, collection: Collection, encoders: list[TextEncoder]) -> None:
+    def __init__(
+        self,
+        collection: Collection,
+        encoders: Sequence[TextEncoder],
+        fusion: str = "calibrated",
+        captioner: Captioner | None = None,
+    ) -> None:
         self.collection = collection
-        self.encoders = encoders
+        self.encoders = list(encoders)
+        self.fusion = fusion
+        self.captioner = captioner  # describes a query image where no space can embed images (caption road)
+        self._calibration: Calibration | None = None
 
-    def search(self, text: str | None = None, image: Image.Image | None = None, k: int = 10) -> list[Hit]:
+    @property
+    def calibration(self) -> Calibration:
+        if self._calibration is None:
+            self._calibration = load_or_fit(self.collection, self.encoders)
+        return self._calibration
+
+    def ranked_lists(
+        self, text: str | None, image: Image.Image | None, depth: int, spaces: Sequence[str] | None = None
+    ) -> dict[str, list[tuple[int, float]]]:
+        lists: dict[str, list[tuple[int, float]]] = {}
+        for enc in self.encoders:
+            if spaces is not None and enc.space not in spaces:
+                continue
+            queries: dict[str, np.ndarray] = {}
+            if text:
+                queries["text"] = enc.encode_texts([text])
+            if image is not None:
+                if hasattr(enc, "encode_images"):
+                    queries["image"] = enc.encode_images([image])
+                elif self.captioner is not None:
+                    described = self.captioner.caption([image])[0]
+                    if described.text:
+                        queries["image"] = enc.encode_texts([described.text])
+            for kind, vec in queries.items():
+                scores, ids = self.collection.search(enc.space, vec, depth)
+                lists[f"{enc.space}:{kind}"] = [
+                    (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
+                ]
+        return lists
+
+    def search(
+        self,
+        text: str | None = None,
+        image: Image.Image | None = None,
+        k: int = 10,
+        spaces: Sequence[str] | None = None,
+        fusion: str | None = None,
+    ) -> list[Hit]:
         if not text and image is None:
             raise ValueError("a query needs text, an image, or both")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        lists: dict[str, list[tuple[int, float]]] = {}
         depth = max(k * 3, 30)  # fuse deeper than k so items ranked lower in one list can still surface
-        for enc in self.encoders:
-            queries: dict[str, np.ndarray] = {}
-            if text:
-                queries["text"] = enc.encode_texts([text])
-            if image is not None and isinstance(enc, ImageEncoder) and hasattr(enc, "encode_images"):
-                queries["image"] = enc.encode_images([image])
-            for kind, vec in queries.items():
-                scores, ids = self.collection.search(enc.space, vec, depth)
-                lists[f"{enc.space}:{kind}"] = [
-                    (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=False) if i >= 0
-                ]
-        fused = reciprocal_rank_fusion(lists, k)
-        rows = self.collection.items_by_id(h.item_id for h in fused)
+        lists = self.ranked_lists(text, image, depth, spaces)
+        rows = self.collection.items_by_id({i for ranked in lists.values() for i, _ in ranked})
+        # an index entry the database no longer has is never returned
+        lists = {name: [(i, s) for i, s in ranked if i in rows] for name, ranked in lists.items()}
+        method = fusion or self.fusion
+        if method == "rrf":
+            fused = reciprocal_rank_fusion(lists, k)
+        elif method == "raw":
+            fused = raw_score_merge(lists, k)
+        elif method == "calibrated":
+            modality_of = {i: item.modality for i, (item, _) in rows.items()}
+            fused = calibrated_fusion(lists, k, modality_of, self.calibration.z)
+        else:
+            raise ValueError(f"unknown fusion {method!r}: use calibrated, rrf or raw")
         hits = []
         for h in fused:
-            if h.item_id not in rows:  # an index entry the database no longer has: never returned
-                continue
             item, doc = rows[h.item_id]
             hits.append(
                 Hit(
@@ -71,6 +119,7 @@ class Retriever:
                     thumbnail=item.thumbnail,
                     ranks=h.ranks,
                     scores=h.scores,
+                    calibrated=h.calibrated,
                 )
             )
         return hits

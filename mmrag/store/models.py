@@ -104,3 +104,15 @@ class ItemVector(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float16, L2-normalised
 
     item: Mapped[Item] = relationship(back_populates="vectors")
+
+
+class Caption(Base):
+    """What a captioner or OCR engine made of an image, keyed by the image's hash: never computed twice."""
+
+    __tablename__ = "captions"
+
+    image_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    captioner_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # kept for the report; retried next run
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
