@@ -4,6 +4,10 @@ The database is the source of truth and keeps every vector; each index is a cach
 the database first, then update the in-memory index; indexes are saved atomically every few files. So a
 killed run leaves indexes that lag the database, and `open()` repairs them from it (adds what is missing,
 drops what is gone) before anything is searched.
+
+Each space keeps one index per modality ("clip.image", "clip.text", "text.text", ...). Within CLIP's space a
+text query scores every text chunk above every image (the modality gap), so a single index would bury the
+images below the search depth; per-modality indexes give each modality its own ranked list to fuse.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,9 +60,13 @@ class NewItem:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def index_key(space: str, modality: str) -> str:
+    return f"{space}.{modality}"
+
+
 @dataclass
 class RepairReport:
-    space: str
+    space: str  # the index key, "space.modality"
     added: int = 0
     removed: int = 0
     rebuilt: bool = False
@@ -83,8 +90,7 @@ class Collection:
         self.name = name or settings.collection
         self.encoders = {enc.space: enc for enc in encoders}
         self.dir = settings.index_dir(self.name)
-        self.indexes: dict[str, VectorIndex] = {}
-        self._lock_fd: int | None = None
+        self.indexes: dict[str, VectorIndex] = {}  # by index_key(space, modality)
 
     # ---- opening and repair -------------------------------------------------------------------------
 
@@ -93,8 +99,31 @@ class Collection:
         reports = []
         for space, encoder in self.encoders.items():
             self._check_space(space, encoder.model_id, encoder.dim)
-            reports.append(self._load_and_repair(space, encoder.model_id, encoder.dim))
+            on_disk = {p.name.partition(".")[2] for p in self.dir.glob(f"{space}.*") if p.is_dir()}
+            for modality in sorted(on_disk | self._db_modalities(space)):
+                reports.append(self._load_and_repair(space, modality, encoder.model_id, encoder.dim))
         return reports
+
+    def _db_modalities(self, space: str) -> set[str]:
+        with self.db.session() as session:
+            return set(
+                session.scalars(
+                    select(Item.modality)
+                    .distinct()
+                    .join(ItemVector, ItemVector.item_id == Item.id)
+                    .where(Item.collection == self.name, ItemVector.space == space)
+                )
+            )
+
+    def modalities(self, space: str) -> list[str]:
+        return sorted(key.partition(".")[2] for key in self.indexes if key.partition(".")[0] == space)
+
+    def _index_for(self, space: str, modality: str) -> VectorIndex:
+        key = index_key(space, modality)
+        if key not in self.indexes:
+            enc = self.encoders[space]
+            self.indexes[key] = VectorIndex.create(key, enc.model_id, enc.dim, self.settings.index)
+        return self.indexes[key]
 
     def _check_space(self, space: str, model_id: str, dim: int) -> None:
         with self.db.session() as session:
@@ -109,9 +138,10 @@ class Collection:
                     "data dir."
                 )
 
-    def _load_and_repair(self, space: str, model_id: str, dim: int) -> RepairReport:
-        directory = self.dir / space
-        report = RepairReport(space)
+    def _load_and_repair(self, space: str, modality: str, model_id: str, dim: int) -> RepairReport:
+        key = index_key(space, modality)
+        directory = self.dir / key
+        report = RepairReport(key)
         index: VectorIndex | None = None
         if VectorIndex.exists(directory):
             try:
@@ -122,10 +152,10 @@ class Collection:
                 log.warning("index %s is unusable (%s); rebuilding it from the database", directory, exc)
                 report.rebuilt, report.reason = True, str(exc)
         if index is None:
-            index = VectorIndex.create(space, model_id, dim, self.settings.index)
-        self.indexes[space] = index
+            index = VectorIndex.create(key, model_id, dim, self.settings.index)
+        self.indexes[key] = index
 
-        db_ids = self._db_ids(space)
+        db_ids = self._db_ids(space, modality)
         present = index.ids()
         extra = np.setdiff1d(present, db_ids, assume_unique=True)
         missing = np.setdiff1d(db_ids, present, assume_unique=True)
@@ -144,20 +174,17 @@ class Collection:
                     report.removed,
                 )
             if len(index) >= self.settings.index.ivf_min_items and index.manifest.index_type == "flat":
-                self._rebuild(space, dim)
+                ids = self._db_ids(space, modality)
+                index.rebuild(ids, self._db_vectors(space, ids, dim))
             self.save()
         return report
 
-    def _rebuild(self, space: str, dim: int) -> None:
-        ids = self._db_ids(space)
-        self.indexes[space].rebuild(ids, self._db_vectors(space, ids, dim))
-
-    def _db_ids(self, space: str) -> np.ndarray:
+    def _db_ids(self, space: str, modality: str) -> np.ndarray:
         with self.db.session() as session:
             rows = session.scalars(
                 select(ItemVector.item_id)
                 .join(Item, Item.id == ItemVector.item_id)
-                .where(Item.collection == self.name, ItemVector.space == space)
+                .where(Item.collection == self.name, ItemVector.space == space, Item.modality == modality)
             ).all()
         return np.unique(np.asarray(rows, dtype=np.int64))
 
@@ -234,21 +261,23 @@ class Collection:
             ]
             session.add_all(rows)
             session.flush()
-            for row, it in zip(rows, items, strict=False):
+            for row, it in zip(rows, items, strict=True):
                 session.add_all(
                     ItemVector(item_id=row.id, space=space, vector=pack_vector(vec))
                     for space, vec in it.vectors.items()
-                    if space in self.indexes
+                    if space in self.encoders
                 )
             new_ids = [row.id for row in rows]
             doc_id = doc.id
         self._unindex(old_ids)
-        for space, index in self.indexes.items():
-            pairs = [
-                (i, it.vectors[space]) for i, it in zip(new_ids, items, strict=False) if space in it.vectors
-            ]
-            if pairs:
-                index.add(np.asarray([p[0] for p in pairs], dtype=np.int64), np.stack([p[1] for p in pairs]))
+        grouped: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
+        for item_id, it in zip(new_ids, items, strict=True):
+            for space, vec in it.vectors.items():
+                if space in self.encoders:
+                    grouped.setdefault((space, it.modality), []).append((item_id, vec))
+        for (space, modality), pairs in grouped.items():
+            ids = np.asarray([p[0] for p in pairs], dtype=np.int64)
+            self._index_for(space, modality).add(ids, np.stack([p[1] for p in pairs]))
         return doc_id
 
     def record_failure(
@@ -306,8 +335,8 @@ class Collection:
                 index.remove(arr)
 
     def save(self) -> None:
-        for space, index in self.indexes.items():
-            index.save(self.dir / space)
+        for key, index in self.indexes.items():
+            index.save(self.dir / key)
 
     # ---- reads ----------------------------------------------------------------------------------------
 
@@ -337,9 +366,9 @@ class Collection:
             ).all()
         return {item.id: (item, doc) for item, doc in rows}
 
-    def search(self, space: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.indexes[space].search(np.atleast_2d(queries).astype(np.float32), k)
-
-
-def relative_to_data(path: Path, data_dir: Path) -> str:
-    return str(path.relative_to(data_dir))
+    def search(self, space: str, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.atleast_2d(queries).astype(np.float32)
+        index = self.indexes.get(index_key(space, modality))
+        if index is None:  # nothing of this modality indexed yet
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        return index.search(queries, k)

@@ -39,7 +39,9 @@ def stats(data_dir: Path) -> dict:
 
 def assert_consistent(data_dir: Path) -> dict:
     info = stats(data_dir)
-    assert info["indexes"]["clip"]["count"] == sum(info["items"].values())
+    assert sum(ix["count"] for ix in info["indexes"].values()) == sum(info["items"].values())
+    for key, ix in info["indexes"].items():  # one index per modality, each as big as its items
+        assert ix["count"] == info["items"].get(key.partition(".")[2], 0), key
     return info
 
 
@@ -84,7 +86,7 @@ def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None
     hits = json.loads(res.stdout)
     top_two = {(Path(h["path"]).name, h["page"]) for h in hits[:2]}
     assert top_two == {("chelsea.jpg", None), ("report.pdf", 1)}
-    assert all(h["scores"]["clip:image"] > 0.99 for h in hits[:2])
+    assert all(h["scores"]["clip:image>image"] > 0.99 for h in hits[:2])
     pdf_hit = next(h for h in hits if h["page"] == 1)
     x0, y0, x1, y1 = pdf_hit["bbox"]
     assert 0 <= x0 < x1 <= 595 and 0 <= y0 < y1 <= 842

@@ -55,9 +55,9 @@ def _db_item_count(db: Database) -> int:
 def test_replace_document_swaps_items_and_index_entries(tiny_settings: Settings) -> None:
     coll, db = _open(tiny_settings)
     vectors = _add_docs(coll, 3, 4)
-    assert len(coll.indexes["clip"]) == 12 == _db_item_count(db)
+    assert len(coll.indexes["clip.text"]) == 12 == _db_item_count(db)
     # the stored vector finds its own item first
-    scores, ids = coll.search("clip", vectors[5], 1)
+    scores, ids = coll.search("clip", "text", vectors[5], 1)
     item, doc = coll.items_by_id(ids[0])[int(ids[0][0])]
     assert doc.path == "/docs/1.txt" and item.text == "chunk 1" and scores[0][0] == pytest.approx(1, abs=2e-3)
     # a new version of document 1 with one item replaces its four
@@ -70,8 +70,8 @@ def test_replace_document_swaps_items_and_index_entries(tiny_settings: Settings)
         mtime=2.0,
         items=[NewItem(modality="text", content_hash="new", text="v2", vectors={"clip": new_vec})],
     )
-    assert len(coll.indexes["clip"]) == 9 == _db_item_count(db)
-    indexed = coll.items_by_id(coll.indexes["clip"].ids()).values()
+    assert len(coll.indexes["clip.text"]) == 9 == _db_item_count(db)
+    indexed = coll.items_by_id(coll.indexes["clip.text"].ids()).values()
     assert sorted(item.text for item, doc in indexed if doc.path == "/docs/1.txt") == ["v2"]
     db.close()
 
@@ -79,10 +79,10 @@ def test_replace_document_swaps_items_and_index_entries(tiny_settings: Settings)
 def test_deleted_ids_are_never_reused(tiny_settings: Settings) -> None:
     coll, db = _open(tiny_settings)
     _add_docs(coll, 2, 2)
-    before = set(coll.indexes["clip"].ids().tolist())
+    before = set(coll.indexes["clip.text"].ids().tolist())
     coll.delete_documents([d.id for d in coll.documents() if d.path == "/docs/1.txt"])
     _add_docs(coll, 1, 2)  # re-adds /docs/0.txt: replaced, with new ids
-    after = set(coll.indexes["clip"].ids().tolist())
+    after = set(coll.indexes["clip.text"].ids().tolist())
     assert not (after & before), "a deleted item's FAISS id was handed to a new item"
     db.close()
 
@@ -95,7 +95,7 @@ def test_index_that_lags_the_database_is_repaired_on_open(tiny_settings: Setting
     _add_docs(coll, 4, 3)
     db.close()
     coll2, db2 = _open(tiny_settings)
-    assert len(coll2.indexes["clip"]) == 12 == _db_item_count(db2)
+    assert len(coll2.indexes["clip.text"]) == 12 == _db_item_count(db2)
     db2.close()
 
 
@@ -112,7 +112,7 @@ def test_index_with_entries_the_database_lost_is_repaired(tiny_settings: Setting
         s.execute(delete(Document).where(Document.path == "/docs/2.txt"))
     db.close()
     coll2, db2 = _open(tiny_settings)
-    assert len(coll2.indexes["clip"]) == 4 == _db_item_count(db2)
+    assert len(coll2.indexes["clip.text"]) == 4 == _db_item_count(db2)
     db2.close()
 
 
@@ -121,13 +121,13 @@ def test_torn_index_is_rebuilt_from_the_database(tiny_settings: Settings) -> Non
     vectors = _add_docs(coll, 2, 3)
     coll.save()
     db.close()
-    index_file = tiny_settings.index_dir() / "clip" / "index.faiss"
+    index_file = tiny_settings.index_dir() / "clip.text" / "index.faiss"
     index_file.write_bytes(index_file.read_bytes()[:100])  # a torn write
     coll2, db2 = _open(tiny_settings)
-    assert len(coll2.indexes["clip"]) == 6
-    _, ids = coll2.search("clip", vectors[4], 1)
+    assert len(coll2.indexes["clip.text"]) == 6
+    _, ids = coll2.search("clip", "text", vectors[4], 1)
     assert coll2.items_by_id(ids[0])[int(ids[0][0])][1].path == "/docs/1.txt"
-    manifest = json.loads((tiny_settings.index_dir() / "clip" / "manifest.json").read_text())
+    manifest = json.loads((tiny_settings.index_dir() / "clip.text" / "manifest.json").read_text())
     assert manifest["count"] == 6
     db2.close()
 
@@ -153,8 +153,8 @@ def test_collections_are_isolated(tiny_settings: Settings, tmp_path: Path) -> No
     vectors = _add_docs(coll, 2, 2)
     other = Collection(tiny_settings, db, [ClipEmbedder(tiny_settings.models)], name="other")
     other.open()
-    assert len(other.indexes["clip"]) == 0
-    _, ids = other.search("clip", vectors[0], 5)
+    assert other.indexes == {}
+    _, ids = other.search("clip", "text", vectors[0], 5)
     assert (ids == -1).all()
-    assert other.items_by_id(coll.indexes["clip"].ids()) == {}
+    assert other.items_by_id(coll.indexes["clip.text"].ids()) == {}
     db.close()

@@ -28,17 +28,17 @@ log = logging.getLogger(__name__)
 SAMPLE_ITEMS = 2000
 SAMPLE_QUERIES = 64
 REFIT_GROWTH = 0.2  # refit once a space has grown or shrunk by this fraction
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
 
 @dataclass
 class Calibration:
-    # "clip:text|image" -> (mean, std): text queries in the CLIP space against image items
+    # "clip:text>image" -> (mean, std): text queries in the CLIP space against its image items
     stats: dict[str, tuple[float, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # items per space when fitted
 
     def z(self, list_name: str, modality: str, score: float) -> float:
-        mean, std = self.stats.get(f"{list_name}|{modality}", (0.0, 1.0))
+        mean, std = self.stats.get(list_name, (0.0, 1.0))
         return (score - mean) / std
 
     def stale(self, counts: dict[str, int]) -> bool:
@@ -115,11 +115,11 @@ def fit_calibration(collection: Collection, encoders: list[TextEncoder], seed: i
         for modality, vectors in samples.items():
             fitted = _background(text_queries, vectors)
             if fitted:
-                calib.stats[f"{enc.space}:text|{modality}"] = fitted
+                calib.stats[f"{enc.space}:text>{modality}"] = fitted
             if hasattr(enc, "encode_images"):
                 fitted = _background(image_queries, vectors)
                 if fitted:
-                    calib.stats[f"{enc.space}:image|{modality}"] = fitted
+                    calib.stats[f"{enc.space}:image>{modality}"] = fitted
     return calib
 
 

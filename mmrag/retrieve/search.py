@@ -25,7 +25,8 @@ class Hit:
     bbox: list[float] | None
     text: str | None
     thumbnail: str | None
-    ranks: dict[str, int] = field(default_factory=dict)  # per list ("clip:text", "text:text", ...)
+    # per list "space:query kind>item modality": "clip:text>image" = text query, CLIP space, image index
+    ranks: dict[str, int] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)  # raw cosine per list
     calibrated: dict[str, float] = field(default_factory=dict)  # z-score per list (calibrated fusion)
 
@@ -71,10 +72,11 @@ class Retriever:
                     if described.text:
                         queries["image"] = enc.encode_texts([described.text])
             for kind, vec in queries.items():
-                scores, ids = self.collection.search(enc.space, vec, depth)
-                lists[f"{enc.space}:{kind}"] = [
-                    (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
-                ]
+                for modality in self.collection.modalities(enc.space):
+                    scores, ids = self.collection.search(enc.space, modality, vec, depth)
+                    lists[f"{enc.space}:{kind}>{modality}"] = [
+                        (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
+                    ]
         return lists
 
     def search(
