@@ -246,5 +246,56 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         out.print(f"  [red]failed[/] {f['path']}: {f['error']}")
 
 
+@app.command("eval")
+def evaluate(
+    qrels: Annotated[Path, typer.Argument(help="JSONL file of queries and their relevant items.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    per_index: Annotated[bool, typer.Option(help="Also score each space and each index alone.")] = True,
+    fusion: Annotated[str | None, typer.Option(help="Fusion to evaluate: calibrated, rrf or raw.")] = None,
+) -> None:
+    """Recall@1/5/10, MRR, nDCG@10 and latency of the collection on labelled queries (docs/evaluation.md)."""
+    from mmrag.evaluation.qrels import load_qrels
+    from mmrag.evaluation.runner import render_report, retriever_search_fn, run_eval
+
+    try:
+        queries = load_qrels(qrels)
+        rt = _runtime(**({"retrieve": {"fusion": fusion}} if fusion else {}))
+        retriever = rt.retriever()
+        spaces = sorted({key.partition(".")[0] for key in rt.collection.indexes})
+        rankings = [*spaces, *sorted(rt.collection.indexes)] if per_index else []
+        report = run_eval(queries, retriever_search_fn(retriever, queries), per_space=rankings)
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        out.print(
+            render_report(report, title=f"{len(queries)} queries, fusion={rt.settings.retrieve.fusion}")
+        )
+
+
+@app.command("make-eval-set")
+def make_eval_set(
+    kind: Annotated[str, typer.Argument(help="photos | digits | lfw")],
+    folder: Annotated[Path, typer.Argument(help="Where to write the files and qrels.jsonl.")],
+) -> None:
+    """Write a labelled evaluation set built from real data that ships with scikit-image/scikit-learn."""
+    from mmrag.evaluation import datasets
+
+    builders = {
+        "photos": datasets.build_photo_set,
+        "digits": datasets.build_digits_set,
+        "lfw": datasets.build_lfw_set,
+    }
+    if kind not in builders:
+        raise _fail(MmragError(f"unknown evaluation set {kind!r}; choose one of {', '.join(builders)}"))
+    try:
+        path = builders[kind](folder)
+    except MmragError as exc:
+        raise _fail(exc) from None
+    out.print(str(path))
+
+
 def run() -> None:  # pragma: no cover - console entry
     sys.exit(app())

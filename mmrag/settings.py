@@ -98,7 +98,7 @@ class IngestSettings(_Section):
 
 class RetrieveSettings(_Section):
     # "calibrated": per-space, per-modality score normalisation fitted on the collection; "rrf": by rank.
-    fusion: Literal["calibrated", "rrf"] = "calibrated"
+    fusion: Literal["calibrated", "rrf", "raw"] = "calibrated"  # raw: max cosine, for comparison only
 
 
 class IndexSettings(_Section):

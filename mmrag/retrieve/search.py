@@ -57,9 +57,15 @@ class Retriever:
     def ranked_lists(
         self, text: str | None, image: Image.Image | None, depth: int, spaces: Sequence[str] | None = None
     ) -> dict[str, list[tuple[int, float]]]:
+        """`spaces` restricts the search to spaces ("text") or single indexes ("text.image"); None = all."""
         lists: dict[str, list[tuple[int, float]]] = {}
         for enc in self.encoders:
-            if spaces is not None and enc.space not in spaces:
+            wanted = [
+                m
+                for m in self.collection.modalities(enc.space)
+                if spaces is None or enc.space in spaces or f"{enc.space}.{m}" in spaces
+            ]
+            if not wanted:
                 continue
             queries: dict[str, np.ndarray] = {}
             if text:
@@ -72,7 +78,7 @@ class Retriever:
                     if described.text:
                         queries["image"] = enc.encode_texts([described.text])
             for kind, vec in queries.items():
-                for modality in self.collection.modalities(enc.space):
+                for modality in wanted:
                     scores, ids = self.collection.search(enc.space, modality, vec, depth)
                     lists[f"{enc.space}:{kind}>{modality}"] = [
                         (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
