@@ -95,6 +95,12 @@ class _RichProgress:
             self.progress.console.print(f"[red]failed[/] {outcome.path}: {outcome.reason}")
 
 
+def _shown(path: str) -> str:
+    """Paths under the working directory are shown relative to it: tables stay readable."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _terminate_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -167,7 +173,7 @@ def query(
         table.add_column(col, overflow="fold")
     for rank, h in enumerate(hits, start=1):
         found_by = ", ".join(f"{name}#{r} ({h.scores[name]:.3f})" for name, r in h.ranks.items())
-        table.add_row(str(rank), f"{h.score:.4f}", h.modality, h.path, str(h.page or ""), found_by)
+        table.add_row(str(rank), f"{h.score:.4f}", h.modality, _shown(h.path), str(h.page or ""), found_by)
     out.print(table)
 
 
