@@ -91,6 +91,7 @@ class Collection:
         self.encoders = {enc.space: enc for enc in encoders}
         self.dir = settings.index_dir(self.name)
         self.indexes: dict[str, VectorIndex] = {}  # by index_key(space, modality)
+        self._writing = False
 
     # ---- opening and repair -------------------------------------------------------------------------
 
@@ -173,11 +174,30 @@ class Collection:
                     report.added,
                     report.removed,
                 )
-            if len(index) >= self.settings.index.ivf_min_items and index.manifest.index_type == "flat":
-                ids = self._db_ids(space, modality)
-                index.rebuild(ids, self._db_vectors(space, ids, dim))
-            self.save()
+            self._save_if_unlocked()
         return report
+
+    def optimise(self) -> list[str]:
+        """Rebuild flat indexes that have grown past `index.ivf_min_items` as IVF (and back when shrunk)."""
+        rebuilt = []
+        threshold = self.settings.index.ivf_min_items
+        for key, index in self.indexes.items():
+            is_flat = index.manifest.index_type == "flat"
+            if is_flat == (len(index) >= threshold):
+                space, _, modality = key.partition(".")
+                ids = self._db_ids(space, modality)
+                index.rebuild(ids, self._db_vectors(space, ids, self.encoders[space].dim))
+                rebuilt.append(key)
+        return rebuilt
+
+    def _save_if_unlocked(self) -> None:
+        """A reader repairs in memory; it saves only when no writer holds the collection (the writer's own
+        saves would otherwise race with ours)."""
+        try:
+            with self.writer():
+                self.save()
+        except CollectionLocked:
+            log.info("collection %s is being written; repaired index kept in memory only", self.name)
 
     def _db_ids(self, space: str, modality: str) -> np.ndarray:
         with self.db.session() as session:
@@ -205,7 +225,11 @@ class Collection:
 
     @contextmanager
     def writer(self) -> Iterator[None]:
-        """Exclusive write access across processes (two indexers on one collection would race)."""
+        """Exclusive write access across processes (two indexers on one collection would race).
+        Re-entrant within a process."""
+        if self._writing:
+            yield
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -216,8 +240,10 @@ class Collection:
                     f"collection {self.name!r} is being written by another process "
                     f"(lock {self.dir / '.lock'})"
                 ) from None
+            self._writing = True
             yield
         finally:
+            self._writing = False
             os.close(fd)  # closing releases the lock
 
     def replace_document(

@@ -158,3 +158,36 @@ def test_collections_are_isolated(tiny_settings: Settings, tmp_path: Path) -> No
     assert (ids == -1).all()
     assert other.items_by_id(coll.indexes["clip.text"].ids()) == {}
     db.close()
+
+
+def test_large_flat_index_is_rebuilt_as_ivf_and_still_finds_items(tiny_settings: Settings) -> None:
+    settings = tiny_settings.model_copy(
+        update={"index": tiny_settings.index.model_copy(update={"ivf_min_items": 1000})}
+    )
+    coll, db = _open(settings)
+    vectors = _add_docs(coll, 20, 60)
+    assert coll.indexes["clip.text"].manifest.index_type == "flat"
+    assert coll.optimise() == ["clip.text"]
+    index = coll.indexes["clip.text"]
+    assert index.manifest.index_type.startswith("ivf") and len(index) == 1200
+    _, ids = coll.search("clip", "text", vectors[700], 1)
+    assert coll.items_by_id(ids[0])[int(ids[0][0])][1].path == "/docs/11.txt"
+    assert coll.optimise() == []
+    db.close()
+
+
+def test_a_reader_does_not_save_while_a_writer_holds_the_collection(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    _add_docs(coll, 2, 2)
+    coll.save()
+    _add_docs(coll, 3, 2)  # in the database, not yet in the saved index
+    manifest = tiny_settings.index_dir() / "clip.text" / "manifest.json"
+    with coll.writer():
+        reader, rdb = _open(tiny_settings)  # repairs in memory: sees all 6 items
+        assert len(reader.indexes["clip.text"]) == 6
+        assert json.loads(manifest.read_text())["count"] == 4  # but left the writer's files alone
+        rdb.close()
+    reader, rdb = _open(tiny_settings)  # no writer now: the repair is saved
+    assert json.loads(manifest.read_text())["count"] == 6
+    rdb.close()
+    db.close()

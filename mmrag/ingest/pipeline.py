@@ -111,6 +111,7 @@ class Indexer:
             self._flush(report, progress)
             if prune:
                 report.pruned = self._prune(roots, seen)
+            self.collection.optimise()  # flat below index.ivf_min_items items, IVF above
         except KeyboardInterrupt:
             report.interrupted = True  # pending, uncommitted files are dropped: the next run redoes them
             self._pending.clear()
