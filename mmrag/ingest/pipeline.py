@@ -17,7 +17,7 @@ from typing import Protocol
 from PIL import Image
 
 from mmrag.collection import Collection, NewItem
-from mmrag.errors import ExtractionError
+from mmrag.errors import ExtractionError, MmragError
 from mmrag.ingest.discover import DiscoveredFile, SkippedFile, discover, hash_file
 from mmrag.ingest.images import extract_image_file, make_thumbnail
 from mmrag.ingest.items import ExtractedItem, FileKind, Modality
@@ -28,9 +28,9 @@ from mmrag.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORKING_IMAGE_SIDE = (
-    1024  # images wait for their batch at this size: enough for CLIP and VLMs, bounded memory
-)
+# Images wait for their batch at this size: enough for CLIP and VLMs, and bounded memory.
+WORKING_IMAGE_SIDE = 1024
+MAX_ASPECT = 8  # longer side / shorter side, after padding
 
 
 @dataclass
@@ -74,6 +74,7 @@ class _PendingDoc:
     file: DiscoveredFile
     content_hash: str
     items: list[PendingItem] = field(default_factory=list)
+    error: str | None = None  # set when embedding this file failed
 
 
 class Indexer:
@@ -157,7 +158,7 @@ class Indexer:
             for extracted in self._extract(file):
                 doc.items.append(self._prepare(extracted))
                 if self._pending_load(doc) >= self.batch_size:
-                    self.vectoriser.run([it for d in [*self._pending, doc] for it in d.items])
+                    self._vectorise([*self._pending, doc])
         except ExtractionError as exc:
             return self._fail(file, content_hash, str(exc))
         except (OSError, MemoryError, ValueError, RuntimeError) as exc:  # library errors on hostile input
@@ -218,13 +219,35 @@ class Indexer:
                         texts += 1
         return images + texts // 4
 
+    def _vectorise(self, docs: Sequence[_PendingDoc]) -> None:
+        """Embed a batch; if the batch fails, retry file by file so that only the file at fault fails.
+        Errors of ours (a misconfigured model or captioner) concern every file and stop the run."""
+        try:
+            self.vectoriser.run([it for doc in docs if doc.error is None for it in doc.items])
+        except MmragError:
+            raise
+        except Exception:
+            for doc in docs:
+                if doc.error is not None:
+                    continue
+                try:
+                    self.vectoriser.run(doc.items)
+                except MmragError:
+                    raise
+                except Exception as exc:  # the model choked on something in this file
+                    log.warning("embedding failed for %s", doc.file.path, exc_info=True)
+                    doc.error = f"embedding failed: {type(exc).__name__}: {exc}"
+
     def _flush(self, report: IndexReport, progress: ProgressSink) -> int:
         """Embed everything pending, then commit each complete document. Returns documents committed."""
         if not self._pending:
             return 0
-        self.vectoriser.run([it for doc in self._pending for it in doc.items])
+        self._vectorise(self._pending)
         done = 0
         for doc in self._pending:
+            if doc.error is not None:
+                self._finish(report, progress, self._fail(doc.file, doc.content_hash, doc.error))
+                continue
             items = [_to_new_item(it) for it in doc.items if it.vectors]
             if not items:  # e.g. caption road only, and the captioner failed on every image
                 reasons = {it.extracted.meta.get("caption_error") for it in doc.items} - {None}
@@ -271,11 +294,18 @@ def _is_under(path: str, root: str) -> bool:
 
 
 def _working_copy(image: Image.Image) -> Image.Image:
-    if max(image.size) <= WORKING_IMAGE_SIDE:
+    """Downscale to WORKING_IMAGE_SIDE, then pad extreme strips to MAX_ASPECT: models resize the short side
+    to their input size, and a 1x60000 strip would otherwise become a 224x13M-pixel tensor."""
+    if max(image.size) > WORKING_IMAGE_SIDE:
+        image = image.copy()
+        image.thumbnail((WORKING_IMAGE_SIDE, WORKING_IMAGE_SIDE), Image.Resampling.BICUBIC)
+    width, height = image.size
+    short = max(width, height) // MAX_ASPECT
+    if min(width, height) >= short:
         return image
-    copy = image.copy()
-    copy.thumbnail((WORKING_IMAGE_SIDE, WORKING_IMAGE_SIDE), Image.Resampling.BICUBIC)
-    return copy
+    canvas = Image.new("RGB", (max(width, short), max(height, short)), "white")
+    canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+    return canvas
 
 
 def _to_new_item(it: PendingItem) -> NewItem:
