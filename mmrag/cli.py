@@ -82,7 +82,7 @@ def _runtime(**extra: Any):  # type: ignore[no-untyped-def]
 class _RichProgress:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.task = progress.add_task("indexing", total=None, items=0)
+        self.task = progress.add_task("indexing", total=None, items=0, rate="")
         self.items = 0
 
     def start(self, total_files: int) -> None:
@@ -90,7 +90,9 @@ class _RichProgress:
 
     def file_done(self, outcome: Any) -> None:
         self.items += outcome.items
-        self.progress.update(self.task, advance=1, items=self.items)
+        elapsed = self.progress.tasks[self.task].elapsed or 0.0
+        rate = f"{self.items / elapsed:.1f} items/s" if elapsed > 1 else ""
+        self.progress.update(self.task, advance=1, items=self.items, rate=rate)
         if outcome.status == "failed":
             self.progress.console.print(f"[red]failed[/] {outcome.path}: {outcome.reason}")
 
@@ -123,7 +125,7 @@ def index(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("files · {task.fields[items]} items"),
+            TextColumn("files · {task.fields[items]} items · {task.fields[rate]}"),
             TimeElapsedColumn(),
         ]
         indexer = Indexer(rt.settings, rt.collection, rt.vectoriser())

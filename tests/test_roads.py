@@ -157,6 +157,23 @@ def test_unreachable_captioner_fails_images_not_the_run(
     rt.close()
 
 
+def test_both_roads_one_ranking_over_photos_and_text(library: Path, tmp_path: Path) -> None:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        models={"clip": TINY_CLIP, "model_config_paths": [ASSETS]},
+        ingest={"road": "both"},
+        caption={"backend": "efficientnet"},
+    )
+    rt = open_runtime(settings)
+    assert _index(rt, library).ok
+    assert set(rt.collection.indexes) == {"clip.image", "clip.text", "text.image", "text.text"}
+    hits = rt.retriever().search("a cat", k=10)
+    assert Path(hits[0].path).name == "chelsea.jpg"
+    assert {h.modality for h in hits} == {"image", "text"}  # photos and text chunks in one ranking
+    assert len({h.item_id for h in hits}) == len(hits)
+    rt.close()
+
+
 def test_both_roads_one_ranking(library: Path, tmp_path: Path) -> None:
     settings = load_settings(
         data_dir=tmp_path / "data",
