@@ -117,7 +117,8 @@ class Collection:
             )
 
     def modalities(self, space: str) -> list[str]:
-        return sorted(key.partition(".")[2] for key in self.indexes if key.partition(".")[0] == space)
+        # list() snapshots the keys in one step: a writer thread may add an index meanwhile (the service)
+        return sorted(key.partition(".")[2] for key in list(self.indexes) if key.partition(".")[0] == space)
 
     def _index_for(self, space: str, modality: str) -> VectorIndex:
         key = index_key(space, modality)
@@ -164,8 +165,10 @@ class Collection:
             report.removed = index.remove(extra)
         for chunk in np.array_split(missing, max(1, int(np.ceil(missing.size / 20_000)))):
             if chunk.size:
-                index.add(chunk, self._db_vectors(space, chunk, dim))
-                report.added += int(chunk.size)
+                found, vectors = self._db_vectors(space, chunk, dim)
+                if found.size:
+                    index.add(found, vectors)
+                report.added += int(found.size)
         if report.changed:
             if not report.rebuilt:
                 log.warning(
@@ -186,7 +189,7 @@ class Collection:
             if is_flat == (len(index) >= threshold):
                 space, _, modality = key.partition(".")
                 ids = self._db_ids(space, modality)
-                index.rebuild(ids, self._db_vectors(space, ids, self.encoders[space].dim))
+                index.rebuild(*self._db_vectors(space, ids, self.encoders[space].dim))
                 rebuilt.append(key)
         return rebuilt
 
@@ -208,7 +211,7 @@ class Collection:
             ).all()
         return np.unique(np.asarray(rows, dtype=np.int64))
 
-    def _db_vectors(self, space: str, ids: np.ndarray, dim: int) -> np.ndarray:
+    def _db_vectors(self, space: str, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         by_id: dict[int, bytes] = {}
         with self.db.session() as session:
             for start in range(0, ids.size, 5000):
@@ -219,7 +222,9 @@ class Collection:
                     )
                 ):
                     by_id[item_id] = blob
-        return unpack_vectors([by_id[int(i)] for i in ids], dim)
+        # another process may have deleted some of `ids` since they were read: keep those still there
+        found = np.asarray([i for i in ids if int(i) in by_id], dtype=np.int64)
+        return found, unpack_vectors([by_id[int(i)] for i in found], dim)
 
     # ---- writes ---------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from mmrag.caption.base import Captioner
 from mmrag.collection import Collection, RepairReport
@@ -11,6 +12,9 @@ from mmrag.embed.base import TextEncoder
 from mmrag.embed.clip import ClipEmbedder
 from mmrag.settings import Settings
 from mmrag.store.db import Database
+
+if TYPE_CHECKING:
+    from mmrag.generate.backends import Generator
 
 
 @dataclass
@@ -31,6 +35,12 @@ class Runtime:
         from mmrag.caption.factory import build_captioner
 
         return build_captioner(self.settings)
+
+    @cached_property
+    def generator(self) -> Generator | None:
+        from mmrag.generate.backends import build_generator
+
+        return build_generator(self.settings)
 
     def vectoriser(self):  # type: ignore[no-untyped-def]
         from mmrag.caption.factory import build_ocr

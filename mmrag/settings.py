@@ -73,6 +73,37 @@ class CaptionSettings(_Section):
     ocr_min_score: float = Field(0.5, ge=0, le=1)
 
 
+class GenerateSettings(_Section):
+    """Answer generation: the retrieved items go to a VLM (or a text-only LLM) that writes a cited answer."""
+
+    # transformers: a local VLM (hub id or directory); openai: any OpenAI-compatible server; llm: a local
+    # text-only causal LM (hub id, directory, a .gguf file, or "pkg:<python package>" holding a .gguf) that
+    # reads images through their captions and OCR text; none: `ask` only retrieves.
+    backend: Literal["none", "transformers", "openai", "llm"] = "transformers"
+    model: str = "HuggingFaceTB/SmolVLM-256M-Instruct"
+    base_url: str = "http://localhost:8000/v1"
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=20)
+    max_tokens: int = Field(512, ge=8, le=32768)  # length of the answer
+    temperature: float = Field(0.0, ge=0, le=2)  # 0 = greedy (local backends decode greedily anyway)
+    k: int = Field(8, ge=1, le=100)  # retrieved items offered to the model
+    context_tokens: int = Field(3000, ge=64)  # budget for the sources (text + images) in the prompt
+    image_tokens: int = Field(256, ge=1)  # what one image costs against context_tokens
+    max_source_chars: int = Field(2000, ge=64)  # a longer source text (an OCR'd page) is cut
+    max_images: int = Field(4, ge=0, le=64)  # images sent as pixels; 0 = captions/OCR text only
+    max_image_side: int = Field(768, ge=16, le=4096)
+    max_image_bytes: int = Field(300_000, ge=1024)  # per image, as encoded JPEG
+    attribute_uncited: bool = True  # a reply without citations gets them by matching sentences to sources
+    cache_dir: Path | None = None  # de-quantised copies of .gguf models; None = $XDG_CACHE_HOME/mmrag
+
+    @model_validator(mode="after")
+    def _backend_has_model(self) -> GenerateSettings:
+        if self.backend != "none" and not self.model.strip():
+            raise ValueError(f"generate.backend={self.backend} needs generate.model")
+        return self
+
+
 class IngestSettings(_Section):
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(100_000_000, ge=1)  # Pillow's decompression-bomb limit
@@ -107,6 +138,35 @@ class IndexSettings(_Section):
     nprobe: int = Field(16, ge=1)
 
 
+class ApiSettings(_Section):
+    """The REST service (`mmrag serve`): where it listens, who may call it, and how much it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    # sha256 hex digests of the accepted API keys (`python -m mmrag.api.security` makes a key and its
+    # hash): the config never holds a key itself. Empty = no authentication (local use only).
+    api_key_hashes: list[str] = Field(default_factory=list)
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)  # per request body, enforced while it streams
+    max_files_per_request: int = Field(32, ge=1, le=10_000)
+    max_pdf_pages_per_request: int = Field(2000, ge=1)
+    # Server-side folder ingest (POST /v1/collections/{c}/folders) only under these folders; empty = off.
+    allowed_roots: list[Path] = Field(default_factory=list)
+    workers: int = Field(4, ge=1, le=256)  # threads for model inference and FAISS searches
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hashes_are_sha256_hex(cls, hashes: list[str]) -> list[str]:
+        normalised = [h.strip().lower().removeprefix("sha256:") for h in hashes]
+        for h in normalised:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise ValueError(
+                    "api.api_key_hashes holds sha256 hex digests of the keys (64 hex digits), not the keys "
+                    "themselves; `python -m mmrag.api.security` prints a new key and its hash"
+                )
+        return normalised
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MMRAG_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -121,6 +181,8 @@ class Settings(BaseSettings):
     caption: CaptionSettings = Field(default_factory=CaptionSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)
+    generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @model_validator(mode="after")
     def _roads_have_their_spaces(self) -> Settings:

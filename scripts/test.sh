@@ -1,7 +1,46 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite. Extra arguments go to pytest.
+# Set up (if needed) and run the whole test suite on SQLite, then the database-facing tests again on a real
+# PostgreSQL server. Extra arguments go to pytest; they replace the PostgreSQL run's file list, and that run
+# happens with arguments only when MMRAG_TEST_POSTGRES=1. MMRAG_TEST_POSTGRES=0 skips it; CI (CI=true)
+# always runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m ruff check mmrag tests
+unset MMRAG_DATABASE_URL MMRAG_TEST_POSTGRES_URL  # never the developer's own database
 .venv/bin/python -m pytest -q "$@"
+
+# ---- the same again on PostgreSQL (scripts/postgres.sh: a throwaway server; each test its own database)
+if [ "${CI:-}" != true ]; then
+  if [ "${MMRAG_TEST_POSTGRES:-}" = 0 ]; then
+    echo "PostgreSQL run skipped (MMRAG_TEST_POSTGRES=0)" >&2
+    exit 0
+  elif [ $# -gt 0 ] && [ "${MMRAG_TEST_POSTGRES:-}" != 1 ]; then
+    echo "PostgreSQL run skipped: arguments were given (MMRAG_TEST_POSTGRES=1 runs them on PostgreSQL too)" >&2
+    exit 0
+  fi
+fi
+if ! PG_ENV=$(bash scripts/postgres.sh start); then
+  if [ "${CI:-}" = true ]; then
+    echo "error: CI must run the suite on PostgreSQL, and scripts/postgres.sh could not start it" >&2
+    exit 1
+  fi
+  printf '\n%s\n%s\n%s\n\n' "!!!!!!!! PostgreSQL RUN SKIPPED: no PostgreSQL server could be started here" \
+    "!!!!!!!! (apt-get install postgresql, or run as root). Only SQLite was tested." \
+    "!!!!!!!! CI runs both; set MMRAG_TEST_POSTGRES=0 to silence this." >&2
+  exit 0
+fi
+trap 'bash scripts/postgres.sh stop >/dev/null 2>&1' EXIT  # quiet: pytest's summary stays the last line
+eval "$PG_ENV"
+if [ $# -eq 0 ]; then
+  # The killed-run test once (SIGKILL): how the CLI handles SIGTERM does not depend on the database.
+  shopt -s nullglob
+  set -- tests/test_postgres.py tests/test_collection.py tests/test_pipeline.py tests/test_cli_e2e.py \
+    tests/test_api*.py \
+    --deselect "tests/test_cli_e2e.py::test_killed_run_leaves_a_consistent_collection_and_rerun_finishes[15]"
+fi
+echo "---- on PostgreSQL: $*" >&2
+status=0
+.venv/bin/python -m pytest -q "$@" || status=$?
+[ "$status" = 5 ] && status=0  # the selection had no database tests in it
+exit "$status"

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,59 @@ def tiny_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 @pytest.fixture
 def tiny_settings(tiny_env: dict[str, str]) -> Settings:
     return load_settings()
+
+
+# ---- PostgreSQL: with MMRAG_TEST_POSTGRES_URL (a server URL, see scripts/postgres.sh) every test, and every
+# module's module-scoped fixtures, run against a fresh database of their own, dropped afterwards.
+# MMRAG_DATABASE_URL reaches in-process settings and `mmrag` subprocesses alike.
+POSTGRES_SERVER_URL = os.environ.get("MMRAG_TEST_POSTGRES_URL") or None
+
+
+@pytest.fixture(scope="session")
+def _postgres_admin() -> Iterator[object | None]:
+    if POSTGRES_SERVER_URL is None:
+        yield None
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(POSTGRES_SERVER_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    yield engine
+    engine.dispose()
+
+
+def _fresh_postgres_database(admin: object) -> Iterator[str]:
+    from sqlalchemy import Engine, text
+    from sqlalchemy.engine import make_url
+
+    assert isinstance(admin, Engine)
+    name = f"mmrag_test_{uuid.uuid4().hex[:16]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            url = make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+            mp.setenv("MMRAG_DATABASE_URL", url)
+            yield url
+    finally:
+        with admin.connect() as conn:  # FORCE: a test that failed may have left a connection open
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _postgres_module_database(_postgres_admin: object | None) -> Iterator[str | None]:
+    if _postgres_admin is None:
+        yield None
+        return
+    yield from _fresh_postgres_database(_postgres_admin)
+
+
+@pytest.fixture(autouse=True)
+def postgres_database(
+    _postgres_admin: object | None, _postgres_module_database: str | None
+) -> Iterator[str | None]:
+    """The URL of this test's own PostgreSQL database, or None when the suite runs on SQLite."""
+    if _postgres_admin is None:
+        yield None
+        return
+    yield from _fresh_postgres_database(_postgres_admin)

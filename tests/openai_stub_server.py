@@ -11,6 +11,7 @@ state, so a test that adds a unique tag gets a fresh script:
     echo (or any other name)  200, content "images=N sha1=<8 hex>,... text=<first 40 chars of the text>"
                               where each sha1 is of one image's decoded bytes
     reply:<text>              200 with exactly <text> as the content
+    tagged-reply:<tag>:<text> the same, <tag> only makes the model string unique (StubServer.unique)
     slow:<seconds>[:<tag>]    sleep, then echo
     fail-twice-500:<tag>      500 for the first two requests of this model string, then echo
     always-503                503 every time
@@ -133,6 +134,8 @@ class StubHandler(BaseHTTPRequestHandler):
         content: Any = None
         if behaviour == "reply":
             content = argument
+        elif behaviour == "tagged-reply":
+            content = argument.partition(":")[2]
         elif behaviour == "slow":
             time.sleep(float(argument.partition(":")[0]))
         elif behaviour == "fail-twice-500" and previous_calls < 2:

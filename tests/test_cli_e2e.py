@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import numpy as np
 import pymupdf
 import pytest
 from PIL import Image
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from tests.conftest import tiny_clip_env
 from tests.realdata import write_markdown, write_pdf_with_photos, write_photos
@@ -169,7 +170,7 @@ def test_killed_run_leaves_a_consistent_collection_and_rerun_finishes(tmp_path: 
         stderr=subprocess.PIPE,
         text=True,
     )
-    committed = _wait_for_documents(data / "mmrag.db", at_least=40, proc=proc)
+    committed = _wait_for_documents(data, at_least=40, proc=proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert committed is not None, f"the run ended before it could be interrupted: {stderr}"
@@ -187,26 +188,40 @@ def test_killed_run_leaves_a_consistent_collection_and_rerun_finishes(tmp_path: 
     assert len(paths) == len(set(paths)) == total
 
 
-def _wait_for_documents(db: Path, at_least: int, proc: subprocess.Popen[str]) -> int | None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return None
-        if db.exists():
-            try:
-                with sqlite3.connect(db, timeout=1) as conn:
-                    n = conn.execute("select count(*) from documents").fetchone()[0]
-            except sqlite3.OperationalError:
-                n = 0
-            if n >= at_least:
-                return n
-        time.sleep(0.01)
+def _db_url(data_dir: Path) -> str:
+    """The database the `mmrag` processes of this test use: PostgreSQL when the suite runs on it."""
+    return os.environ.get("MMRAG_DATABASE_URL") or f"sqlite:///{data_dir / 'mmrag.db'}"
+
+
+def _wait_for_documents(data_dir: Path, at_least: int, proc: subprocess.Popen[str]) -> int | None:
+    url = _db_url(data_dir)
+    engine = create_engine(url)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return None
+            if not url.startswith("sqlite") or (data_dir / "mmrag.db").exists():
+                try:
+                    with engine.connect() as conn:
+                        n = conn.execute(text("select count(*) from documents")).scalar_one()
+                except DBAPIError:  # no schema yet, or the writer holds SQLite's lock
+                    n = 0
+                if n >= at_least:
+                    return n
+            time.sleep(0.01)
+    finally:
+        engine.dispose()
     raise AssertionError("indexing made no progress")
 
 
-def _query(data_dir: Path, sql: str, *args: object) -> list[tuple]:
-    with sqlite3.connect(data_dir / "mmrag.db") as conn:
-        return conn.execute(sql, args).fetchall()
+def _query(data_dir: Path, sql: str) -> list[tuple]:
+    engine = create_engine(_db_url(data_dir))
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
 
 
 def _item_ids(data_dir: Path) -> list[int]:

@@ -25,6 +25,12 @@ both, including the other photo's caption and image on it.
 
 scikit-image, scikit-learn and matplotlib are development dependencies (`pip install 'mmrag[dev]'`);
 they are imported only when a builder runs.
+
+A fourth builder needs no hand-typed query at all:
+
+- `build_pdf_sections_set`: a PDF's own outline (bookmarks) maps each section title to the page where the
+  section starts; the title is the query and that page is the answer. By default the PDF is Debian
+  gnuplot-doc's 311-page manual (`apt-get install gnuplot-doc`), whose outline has 648 entries.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import io
-from collections.abc import Callable
+import random
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -40,21 +48,31 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from mmrag.errors import ConfigError
+from mmrag.errors import ConfigError, MmragError
 from mmrag.evaluation.qrels import write_qrels
 
 __all__ = [
+    "GNUPLOT_PDF",
     "PDF_PAGES",
     "PHOTO_NAMES",
     "PHOTO_QUERIES",
+    "EvalSetError",
+    "OutlineSection",
     "build_digits_set",
     "build_lfw_set",
+    "build_pdf_sections_set",
     "build_photo_set",
+    "outline_sections",
 ]
 
 PHOTO_QRELS = "qrels-photos.jsonl"
 DIGITS_QRELS = "qrels-digits.jsonl"
 LFW_QRELS = "qrels-lfw.jsonl"
+SECTIONS_QRELS = "qrels-sections.jsonl"
+
+# Debian's gnuplot-doc package installs the gnuplot 5.4 manual here: 311 pages, an outline of 648 entries.
+GNUPLOT_PDF = Path("/usr/share/doc/gnuplot/gnuplot.pdf")
+GNUPLOT_PACKAGE = "gnuplot-doc"
 
 # Photo name -> hand-typed queries; which files answer them follows from the name (module docstring).
 PHOTO_QUERIES: dict[str, tuple[str, ...]] = {
@@ -196,6 +214,156 @@ def build_lfw_set(folder: Path, size: int = 100) -> Path:
             faces.append(f"lfw/{name}")
     record = {"id": "face", "text": "a photo of a face", "relevant": [{"path": p} for p in faces]}
     return write_qrels(Path(folder) / LFW_QRELS, [record])
+
+
+class EvalSetError(MmragError, ValueError):
+    """An evaluation set that cannot be built from what it was given: a missing PDF, one with no outline."""
+
+
+@dataclass(frozen=True)
+class OutlineSection:
+    """One entry of a PDF's outline: its title, the page it starts on and the pages wholly inside it."""
+
+    index: int  # position in the outline, 0-based; stable, so it names the query
+    level: int
+    title: str  # whitespace collapsed
+    page: int  # 1-based page the section starts on
+    last_page: int  # the page before the next section starts (== page when that is on the same page)
+
+
+def outline_sections(pdf: Path) -> list[OutlineSection]:
+    """The outline (bookmarks) of `pdf` as sections in document order, entries that point nowhere dropped.
+
+    A section runs from its page to the page before the next entry starts (a heading in the middle of a
+    page leaves that page to the next section); the last one runs to the end of the document.
+    """
+    import pymupdf
+
+    doc = _open_outlined_pdf(pdf)
+    try:
+        page_count = doc.page_count
+        entries = [
+            (index, int(level), " ".join(str(title).split()), int(page))
+            for index, (level, title, page) in enumerate(doc.get_toc(simple=True))
+        ]
+    except (RuntimeError, ValueError, pymupdf.FileDataError) as exc:
+        raise EvalSetError(f"cannot read the outline of {pdf}: {exc}") from None
+    finally:
+        doc.close()
+    # Outline order is document order in the PDFs LaTeX and word processors write; the sort only guards
+    # against an outline that jumps back, keeping entries of one page in outline order.
+    placed = sorted((e for e in entries if 1 <= e[3] <= page_count and e[2]), key=lambda e: (e[3], e[0]))
+    sections = []
+    for position, (index, level, title, page) in enumerate(placed):
+        next_page = placed[position + 1][3] if position + 1 < len(placed) else page_count + 1
+        sections.append(OutlineSection(index, level, title, page, max(page, next_page - 1)))
+    return sections
+
+
+def build_pdf_sections_set(
+    folder: Path,
+    pdf: Path = GNUPLOT_PDF,
+    n_queries: int | None = 100,
+    seed: int = 0,
+    pages: tuple[int, int] | None = None,
+) -> Path:
+    """Copy `pdf` to folder/pdfs/ and write qrels-sections.jsonl: one query per outline section, the
+    section's title, whose relevant items are the page it starts on (grade 2) and the pages wholly inside
+    it (grade 1). Returns the qrels path.
+
+    Titles that occur more than once in the outline ("Examples" under many commands) say nothing about
+    which page is meant and are left out. `n_queries` sections are drawn at random (`seed`) from the
+    rest; None keeps them all. `pages=(first, last)` (1-based, inclusive) writes only those pages, with
+    the outline entries that start on them, so a test can index a slice of a long manual.
+    """
+    if n_queries is not None and n_queries < 1:
+        raise ValueError(f"n_queries must be at least 1 (or None for all), got {n_queries}")
+    source = Path(pdf)
+    if not source.is_file():
+        if source == GNUPLOT_PDF:
+            raise EvalSetError(
+                f"{source} not found: it comes with Debian's {GNUPLOT_PACKAGE} package "
+                f"(apt-get install {GNUPLOT_PACKAGE}); or pass another PDF that has an outline"
+            )
+        raise EvalSetError(f"PDF not found: {source}")
+    out_dir = Path(folder) / "pdfs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if pages is None:
+        copy = out_dir / source.name
+        shutil.copyfile(source, copy)
+    else:
+        copy = out_dir / f"{source.stem}-pages-{pages[0]}-{pages[1]}.pdf"
+        _write_page_range(source, copy, pages)
+
+    # The ground truth is read from the copy that gets indexed, so it always describes that file.
+    sections = outline_sections(copy)
+    if not sections:
+        raise EvalSetError(f"{copy}: its outline has no entry that points at a page")
+    title_counts: dict[str, int] = {}
+    for section in sections:
+        title_counts[section.title.casefold()] = title_counts.get(section.title.casefold(), 0) + 1
+    candidates = [s for s in sections if title_counts[s.title.casefold()] == 1]
+    if not candidates:
+        raise EvalSetError(f"{copy}: every outline title occurs more than once; no query would be specific")
+    if n_queries is not None and n_queries < len(candidates):
+        candidates = sorted(random.Random(seed).sample(candidates, n_queries), key=lambda s: s.index)
+
+    relative = f"pdfs/{copy.name}"
+    records = [
+        {
+            "id": f"section-{section.index:04d}",
+            "text": section.title,
+            "relevant": [
+                {"path": relative, "page": section.page, "grade": 2},
+                *({"path": relative, "page": p} for p in range(section.page + 1, section.last_page + 1)),
+            ],
+        }
+        for section in candidates
+    ]
+    return write_qrels(Path(folder) / SECTIONS_QRELS, records)
+
+
+def _open_outlined_pdf(pdf: Path):  # type: ignore[no-untyped-def]
+    import pymupdf
+
+    try:
+        doc = pymupdf.open(pdf)
+    except (RuntimeError, ValueError, pymupdf.FileDataError) as exc:
+        raise EvalSetError(f"cannot open {pdf} as a PDF: {exc}") from None
+    if not doc.is_pdf or doc.needs_pass:
+        doc.close()
+        raise EvalSetError(f"{pdf} is not a readable PDF (not a PDF, or encrypted)")
+    if not doc.get_toc():
+        doc.close()
+        raise EvalSetError(f"{pdf} has no outline (bookmarks): there is no section -> page ground truth")
+    return doc
+
+
+def _write_page_range(source: Path, target: Path, pages: Sequence[int]) -> None:
+    """Write pages first..last of `source` to `target`, keeping the outline entries that start on them."""
+    import pymupdf
+
+    first, last = pages
+    doc = _open_outlined_pdf(source)
+    try:
+        if not 1 <= first <= last <= doc.page_count:
+            raise EvalSetError(f"page range {first}-{last} is outside {source}'s pages 1-{doc.page_count}")
+        outline = doc.get_toc()
+        kept = [(level, title, page - first + 1) for level, title, page in outline if first <= page <= last]
+        subset = pymupdf.open()
+        try:
+            subset.insert_pdf(doc, from_page=first - 1, to_page=last - 1, links=False, annots=False)
+            # set_toc wants a tree: the first entry at level 1 and no level more than one below the last.
+            toc, previous = [], 0
+            for level, title, page in kept:
+                previous = min(level, previous + 1)
+                toc.append([previous, title, page])
+            subset.set_toc(toc)
+            subset.save(target, garbage=3, deflate=True)
+        finally:
+            subset.close()
+    finally:
+        doc.close()
 
 
 def _load_photo(name: str) -> _Photo:

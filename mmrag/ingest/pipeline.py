@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -78,10 +78,17 @@ class _PendingDoc:
 
 
 class Indexer:
-    def __init__(self, settings: Settings, collection: Collection, vectoriser: Vectoriser) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        collection: Collection,
+        vectoriser: Vectoriser,
+        document_meta: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.settings = settings
         self.collection = collection
         self.vectoriser = vectoriser
+        self.document_meta = document_meta or {}  # resolved path -> metadata stored with its document
         self.batch_size = settings.models.batch_size
         self._pending: list[_PendingDoc] = []
 
@@ -270,6 +277,7 @@ class Indexer:
                 size=doc.file.size,
                 mtime=doc.file.mtime,
                 items=items,
+                meta=self.document_meta.get(str(doc.file.path)),
             )
             done += 1
             self._finish(report, progress, FileOutcome(str(doc.file.path), "indexed", items=len(items)))

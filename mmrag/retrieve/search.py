@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -13,6 +15,10 @@ from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
 from mmrag.retrieve.calibration import Calibration, load_or_fit
 from mmrag.retrieve.fusion import calibrated_fusion, raw_score_merge, reciprocal_rank_fusion
+from mmrag.store.models import Document, Item
+
+StageTimer = Callable[[str, float], None]  # (stage: "embed" | "caption" | "search" | "fuse", seconds)
+ItemFilter = Callable[[Item, Document], bool]
 
 
 @dataclass
@@ -41,12 +47,25 @@ class Retriever:
         encoders: Sequence[TextEncoder],
         fusion: str = "calibrated",
         captioner: Captioner | None = None,
+        on_stage: StageTimer | None = None,
     ) -> None:
         self.collection = collection
         self.encoders = list(encoders)
         self.fusion = fusion
         self.captioner = captioner  # describes a query image where no space can embed images (caption road)
         self._calibration: Calibration | None = None
+        self.on_stage = on_stage  # the service's per-stage latency histograms
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        if self.on_stage is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.on_stage(name, time.perf_counter() - start)
 
     @property
     def calibration(self) -> Calibration:
@@ -69,17 +88,22 @@ class Retriever:
                 continue
             queries: dict[str, np.ndarray] = {}
             if text:
-                queries["text"] = enc.encode_texts([text])
+                with self._stage("embed"):
+                    queries["text"] = enc.encode_texts([text])
             if image is not None:
                 if hasattr(enc, "encode_images"):
-                    queries["image"] = enc.encode_images([image])
+                    with self._stage("embed"):
+                        queries["image"] = enc.encode_images([image])
                 elif self.captioner is not None:
-                    described = self.captioner.caption([image])[0]
+                    with self._stage("caption"):
+                        described = self.captioner.caption([image])[0]
                     if described.text:
-                        queries["image"] = enc.encode_texts([described.text])
+                        with self._stage("embed"):
+                            queries["image"] = enc.encode_texts([described.text])
             for kind, vec in queries.items():
                 for modality in wanted:
-                    scores, ids = self.collection.search(enc.space, modality, vec, depth)
+                    with self._stage("search"):
+                        scores, ids = self.collection.search(enc.space, modality, vec, depth)
                     lists[f"{enc.space}:{kind}>{modality}"] = [
                         (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
                     ]
@@ -92,26 +116,36 @@ class Retriever:
         k: int = 10,
         spaces: Sequence[str] | None = None,
         fusion: str | None = None,
+        item_filter: ItemFilter | None = None,
+        depth: int | None = None,
     ) -> list[Hit]:
+        """`item_filter` keeps only the items it accepts, before fusion; with a selective filter pass a
+        larger `depth` (how deep each list is searched) so that k items survive it."""
         if not text and image is None:
             raise ValueError("a query needs text, an image, or both")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        depth = max(k * 3, 30)  # fuse deeper than k so items ranked lower in one list can still surface
+        # fuse deeper than k so items ranked lower in one list can still surface
+        depth = max(depth or 0, k * 3, 30)
         lists = self.ranked_lists(text, image, depth, spaces)
         rows = self.collection.items_by_id({i for ranked in lists.values() for i, _ in ranked})
+        if item_filter is not None:
+            rows = {i: row for i, row in rows.items() if item_filter(*row)}
         # an index entry the database no longer has is never returned
         lists = {name: [(i, s) for i, s in ranked if i in rows] for name, ranked in lists.items()}
         method = fusion or self.fusion
-        if method == "rrf":
-            fused = reciprocal_rank_fusion(lists, k)
-        elif method == "raw":
-            fused = raw_score_merge(lists, k)
-        elif method == "calibrated":
-            modality_of = {i: item.modality for i, (item, _) in rows.items()}
-            fused = calibrated_fusion(lists, k, modality_of, self.calibration.z)
-        else:
-            raise ValueError(f"unknown fusion {method!r}: use calibrated, rrf or raw")
+        if method == "calibrated":
+            calibration = self.calibration  # fitted on first use: not part of the fuse stage's time
+        with self._stage("fuse"):
+            if method == "rrf":
+                fused = reciprocal_rank_fusion(lists, k)
+            elif method == "raw":
+                fused = raw_score_merge(lists, k)
+            elif method == "calibrated":
+                modality_of = {i: item.modality for i, (item, _) in rows.items()}
+                fused = calibrated_fusion(lists, k, modality_of, calibration.z)
+            else:
+                raise ValueError(f"unknown fusion {method!r}: use calibrated, rrf or raw")
         hits = []
         for h in fused:
             item, doc = rows[h.item_id]

@@ -116,3 +116,23 @@ class Caption(Base):
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # kept for the report; retried next run
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """A background ingest run of the REST service, kept here so its status outlives a restart."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status", "status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
+    collection: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # upload | folder
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | failed
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # files or folders to index
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # road, metadata, prune
+    counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # per-file outcome and reason
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why the job as a whole failed
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

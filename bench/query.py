@@ -1,0 +1,224 @@
+"""Query latency at scale: `Retriever.search` against its floor (query encode + FAISS search) at each size.
+
+For each collection size N the step writes N items into a real mmrag database (SQLite; one document per
+10 items, as PDFs with several figures would give) and N random unit vectors (the index does not care what
+they mean) into a real `VectorIndex` of each layout, flat and IVF, through `VectorIndex.rebuild`: the call
+mmrag itself makes when it switches layout. Then, per query text:
+
+- floor: the CLIP text tower encodes the query, then FAISS searches the index at the depth the retriever
+  asks for (max(3k, 30));
+- full: `Retriever.search(text, k)`: the same two steps, plus the database lookup of every hit and
+  calibrated fusion, which is what `mmrag query` and the service run.
+
+Vectors live only in the index here: the database's copy of each vector (float16, used to repair and
+rebuild indexes) is not written, because no query reads it. The query encoder is open_clip ViT-B-32 with
+random weights (512-d): the same cost as trained weights.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import latency_summary, random_clip_checkpoint, rss_bytes, timed
+from mmrag.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+SPACE, MODALITY = "clip", "image"
+ITEMS_PER_DOCUMENT = 10
+_VECTOR_CHUNK = 100_000  # rows generated at a time: bounds the temporary float64 normal draws
+_ROW_CHUNK = 50_000
+
+
+def random_unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    """(count, dim) float32 rows drawn uniformly on the unit sphere."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, dim), dtype=np.float32)
+    for start in range(0, count, _VECTOR_CHUNK):
+        block = rng.standard_normal((min(_VECTOR_CHUNK, count - start), dim), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + len(block)] = block
+    return out
+
+
+def fill_database(db: Any, collection: str, count: int) -> None:
+    """Documents and items 1..count as mmrag's tables hold them, written with the driver's executemany
+    (the ORM would take minutes at a million rows; what is measured later is reading them)."""
+    stamp = "2025-01-01 00:00:00.000000"
+    documents = (count + ITEMS_PER_DOCUMENT - 1) // ITEMS_PER_DOCUMENT
+    with db.engine.begin() as connection:
+        for start in range(0, documents, _ROW_CHUNK):
+            connection.exec_driver_sql(
+                "INSERT INTO documents (id, collection, path, kind, content_hash, size, mtime, status, "
+                "error, meta, created_at, updated_at) VALUES (?, ?, ?, 'pdf', ?, 100000, 0.0, 'indexed', "
+                "NULL, '{}', ?, ?)",
+                [
+                    (d, collection, f"/bench/library/doc-{d:07d}.pdf", f"{d:064x}", stamp, stamp)
+                    for d in range(start + 1, min(start + _ROW_CHUNK, documents) + 1)
+                ],
+            )
+        for start in range(0, count, _ROW_CHUNK):
+            connection.exec_driver_sql(
+                "INSERT INTO items (id, document_id, collection, modality, page, bbox, text, thumbnail, "
+                "content_hash, meta, created_at) VALUES (?, ?, ?, ?, ?, '[0, 0, 100, 100]', NULL, ?, ?, "
+                "'{}', ?)",
+                [
+                    (
+                        i,
+                        (i - 1) // ITEMS_PER_DOCUMENT + 1,
+                        collection,
+                        MODALITY,
+                        (i - 1) % ITEMS_PER_DOCUMENT + 1,
+                        f"thumbnails/{i % 256:02x}/{i:064x}.webp",
+                        f"{i:064x}",
+                        stamp,
+                    )
+                    for i in range(start + 1, min(start + _ROW_CHUNK, count) + 1)
+                ],
+            )
+
+
+def query_texts(count: int, seed: int = 0) -> list[str]:
+    """Short prompts over ImageNet's class names: a realistic spread of query lengths."""
+    from mmrag.caption.efficientnet import imagenet_labels
+
+    labels = random.Random(seed).sample(list(imagenet_labels()), count)
+    return [f"a photo of a {label}" for label in labels]
+
+
+def bench_queries(
+    work: Path,
+    sizes: list[int],
+    n_queries: int,
+    dim: int = 512,
+    k: int = 10,
+    ivf_max_items: int = 100_000,
+) -> list[dict[str, Any]]:
+    """One result per (size, layout); IVF is skipped above `ivf_max_items` (its training time grows with
+    lists x points: see the note in the result)."""
+    from mmrag.embed.clip import ClipEmbedder
+    from mmrag.index.vector_index import choose_nlist
+    from mmrag.store.db import Database
+
+    model_id, _ = random_clip_checkpoint()
+    base = load_settings(None, data_dir=work / "query", models={"clip": model_id, "device": "cpu"})
+    encoder = ClipEmbedder(base.models)
+    if encoder.dim != dim:
+        raise ValueError(f"the query encoder gives {encoder.dim}-d vectors, not {dim}")
+    texts = query_texts(n_queries)
+    depth = max(k * 3, 30)  # what Retriever.search asks each index for
+    results: list[dict[str, Any]] = []
+    for size in sizes:
+        data_dir = work / f"query-{size}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        settings = base.model_copy(update={"data_dir": data_dir, "collection": "bench"})
+        db = Database(settings.db_url)
+        _, db_s = timed(lambda: fill_database(db, settings.collection, size))  # noqa: B023
+        vectors = random_unit_vectors(size, dim, seed=size)
+        ids = np.arange(1, size + 1, dtype=np.int64)
+        for layout in ("flat", "ivf"):
+            if layout == "ivf" and size > ivf_max_items:
+                results.append(
+                    {
+                        "items": size,
+                        "layout": "ivf",
+                        "skipped": f"IVF above {ivf_max_items} items not built in this run: training "
+                        f"{choose_nlist(size)} lists on up to {size} points takes tens of minutes on a "
+                        "few cores (raise --ivf-max-items to measure it)",
+                    }
+                )
+                continue
+            row = _measure_layout(settings, db, encoder, model_id, layout, ids, vectors, texts, k, depth)
+            row["db_fill_s"] = db_s
+            results.append(row)
+            log.info("queries at %d items, %s: %s", size, layout, row["full"])
+        db.close()
+        del vectors, ids
+        gc.collect()
+        shutil.rmtree(data_dir, ignore_errors=True)  # a million-item database is ~0.5 GB
+    return results
+
+
+def _measure_layout(
+    settings: Settings,
+    db: Any,
+    encoder: Any,
+    model_id: str,
+    layout: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    texts: list[str],
+    k: int,
+    depth: int,
+) -> dict[str, Any]:
+    """Build one index layout over (ids, vectors), then time every query's floor and full search."""
+    from mmrag.collection import Collection
+    from mmrag.index.vector_index import VectorIndex
+    from mmrag.retrieve.search import Retriever
+
+    size, dim = vectors.shape
+    # rebuild() picks the layout by size: move the threshold to either side of this size.
+    index_settings = settings.index.model_copy(
+        update={"ivf_min_items": 1000 if layout == "ivf" else max(1000, size + 1)}
+    )
+    gc.collect()
+    rss_before = rss_bytes()
+    index = VectorIndex.create(f"{SPACE}.{MODALITY}", model_id, dim, index_settings)
+    started = time.perf_counter()
+    index.rebuild(ids, vectors)
+    build_s = time.perf_counter() - started
+    rss_after = rss_bytes()
+    index_dir = settings.index_dir() / f"{SPACE}.{MODALITY}"
+    started = time.perf_counter()
+    index.save(index_dir)
+    save_s = time.perf_counter() - started
+    file_bytes = (index_dir / "index.faiss").stat().st_size
+
+    collection = Collection(settings.model_copy(update={"index": index_settings}), db, [encoder])
+    collection.indexes[f"{SPACE}.{MODALITY}"] = index
+    retriever = Retriever(collection, [encoder], fusion="calibrated")
+    retriever.search(texts[0], k=k)  # fits the calibration and warms every cache, untimed
+
+    encode_s, search_s, floor_s, full_s = [], [], [], []
+    returned = 0
+    for text in texts:
+        started = time.perf_counter()
+        query = encoder.encode_texts([text])
+        encoded = time.perf_counter()
+        index.search(query, depth)
+        finished = time.perf_counter()
+        hits = retriever.search(text, k=k)
+        full_s.append(time.perf_counter() - finished)
+        encode_s.append(encoded - started)
+        search_s.append(finished - encoded)
+        floor_s.append(finished - started)
+        returned += len(hits)
+    full, floor = latency_summary(full_s), latency_summary(floor_s)
+    return {
+        "items": size,
+        "layout": index.manifest.index_type,
+        "dim": dim,
+        "queries": len(texts),
+        "k": k,
+        "depth": depth,
+        "mean_hits_returned": returned / len(texts),
+        "build_s": build_s,
+        "build_items_per_s": size / build_s if build_s > 0 else None,
+        "save_s": save_s,
+        "index_file_bytes_per_item": file_bytes / size,
+        "rss_bytes_per_item": (rss_after - rss_before) / size,
+        "full": full,
+        "floor": floor,
+        "encode": latency_summary(encode_s),
+        "faiss_search": latency_summary(search_s),
+        "full_vs_floor_p50": full["p50_ms"] / floor["p50_ms"],
+        "full_vs_floor_p99": full["p99_ms"] / floor["p99_ms"],
+    }

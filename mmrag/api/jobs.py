@@ -1,0 +1,229 @@
+"""Background ingest: jobs are rows in the database (table `jobs`, migration 0003), run one at a time by a
+worker thread with the same Indexer the CLI uses.
+
+A job is one Indexer.run over the files of an upload (or a server-side folder). Its status, counts and
+per-file outcomes (with the reason of every failure) are written back to its row, so they survive a
+restart; a job still queued or running when the service stopped is run again when it starts (files already
+committed are then reported as unchanged). Jobs run one at a time: model inference is the bottleneck and
+one collection's writes are serialised anyway; queries keep running on the service's pool meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from mmrag.errors import MmragError
+from mmrag.ingest.pipeline import FileOutcome, Indexer
+from mmrag.ingest.vectorise import Vectoriser
+from mmrag.store.db import Database
+from mmrag.store.models import Document, Job, utcnow
+
+if TYPE_CHECKING:
+    from mmrag.api.service import Service
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = ("queued", "running")
+# Vectoriser.seconds keys -> the stage names of the metrics
+_STAGE_OF = {"embed_clip": "embed", "embed_text": "embed", "caption": "caption", "ocr": "ocr"}
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self, collection: str, kind: str, inputs: list[dict[str, Any]], options: dict[str, Any]
+    ) -> Job:
+        job = Job(
+            id=uuid.uuid4().hex,
+            collection=collection,
+            kind=kind,
+            status="queued",
+            inputs=inputs,
+            options=options,
+            counts={},
+            files=[],
+            created_at=utcnow(),
+        )
+        with self.db.session() as session:
+            session.add(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self.db.session() as session:
+            return session.get(Job, job_id)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is not None:
+                for name, value in fields.items():
+                    setattr(job, name, value)
+
+    def unfinished(self) -> list[str]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(select(Job.id).where(Job.status.in_(UNFINISHED)).order_by(Job.created_at))
+            )
+
+
+class _JobProgress:
+    """Collects each file's outcome; asks the Indexer to stop at the next file when the service shuts down."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self.stopping = stopping
+        self.outcomes: list[FileOutcome] = []
+
+    def start(self, total_files: int) -> None:
+        pass
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        self.outcomes.append(outcome)
+        if self.stopping.is_set():
+            # Indexer.run's own Ctrl-C path: drop uncommitted files, save the indexes, report "interrupted".
+            raise KeyboardInterrupt
+
+
+class IngestWorker:
+    def __init__(self, service: Service, store: JobStore) -> None:
+        self.service = service
+        self.store = store
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mmrag-ingest", daemon=True)
+
+    def start(self) -> None:
+        for job_id in self.store.unfinished():
+            self.submit(job_id)
+        self._thread.start()
+
+    def submit(self, job_id: str) -> None:
+        self._queue.put(job_id)
+        self.service.metrics.queue_depth.set(self._queue.qsize())
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the file in hand (an interrupted job is queued again for the next start)."""
+        self._stopping.set()
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            self.service.metrics.queue_depth.set(self._queue.qsize())
+            if job_id is None or self._stopping.is_set():
+                return
+            self.run_job(job_id)
+
+    # ---- one job --------------------------------------------------------------------------------------
+
+    def run_job(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job is None or job.status not in UNFINISHED:
+            return
+        metrics = self.service.metrics
+        self.store.update(job_id, status="running", started_at=utcnow(), error=None)
+        metrics.jobs_running.inc()
+        progress = _JobProgress(self._stopping)
+        vectoriser: Vectoriser | None = None
+        try:
+            vectoriser, interrupted = self._index(job, progress)
+            if interrupted:
+                self.store.update(job_id, status="queued", started_at=None)
+                return
+            files = self._file_reports(job, progress.outcomes)
+            counts: dict[str, int] = defaultdict(int)
+            for entry in files:
+                counts[entry["status"]] += 1
+                counts["items"] += entry["items"]
+                metrics.files.labels(status=entry["status"]).inc()
+            self.store.update(job_id, status="done", counts=dict(counts), files=files, finished_at=utcnow())
+            metrics.jobs.labels(status="done").inc()
+        except MmragError as exc:
+            self._failed(job_id, str(exc), progress)
+        except Exception as exc:  # a bug or an environment problem: the job says so, the service lives on
+            log.exception("ingest job %s failed", job_id)
+            self._failed(job_id, f"internal error: {type(exc).__name__}: {exc}", progress)
+        finally:
+            metrics.jobs_running.dec()
+            if vectoriser is not None:
+                per_stage: dict[str, float] = defaultdict(float)
+                for key, seconds in vectoriser.seconds.items():
+                    per_stage[_STAGE_OF.get(key, key)] += seconds
+                for stage, seconds in per_stage.items():
+                    metrics.stage("ingest", stage, seconds)
+
+    def _index(self, job: Job, progress: _JobProgress) -> tuple[Vectoriser, bool]:
+        service = self.service
+        settings = service.settings
+        handle = service.handle(job.collection, create=True)
+        assert handle is not None and service.db is not None
+        vectoriser = Vectoriser(
+            service.db,
+            job.options.get("road") or settings.ingest.road,
+            clip=service.clip,
+            text=service.text,
+            captioner=service.captioner,
+            ocr=service.ocr,
+            caption_batch=settings.caption.batch_size,
+        )
+        roots = [Path(entry["path"]) for entry in job.inputs]
+        metadata = job.options.get("metadata") or {}
+        document_meta = {str(root.resolve()): metadata for root in roots} if job.kind == "upload" else {}
+        indexer = Indexer(settings, handle.collection, vectoriser, document_meta=document_meta)
+        with handle.write_lock, handle.collection.writer():
+            report = indexer.run(roots, prune=bool(job.options.get("prune")), progress=progress)
+            if metadata and job.kind == "upload":
+                self._set_metadata_of_unchanged(handle.collection.name, progress.outcomes, metadata)
+        service.collection_changed(handle)
+        return vectoriser, report.interrupted
+
+    def _set_metadata_of_unchanged(
+        self, collection: str, outcomes: list[FileOutcome], metadata: dict[str, Any]
+    ) -> None:
+        """A file uploaded again with new metadata is not re-indexed, but takes the new metadata."""
+        paths = [o.path for o in outcomes if o.status == "unchanged"]
+        if not paths:
+            return
+        with self.store.db.session() as session:
+            for doc in session.scalars(
+                select(Document).where(Document.collection == collection, Document.path.in_(paths))
+            ):
+                doc.meta = dict(metadata)
+
+    def _file_reports(self, job: Job, outcomes: list[FileOutcome]) -> list[dict[str, Any]]:
+        names = {str(Path(entry["path"]).resolve()): entry.get("name") for entry in job.inputs}
+        with self.store.db.session() as session:
+            doc_ids = dict(
+                session.execute(
+                    select(Document.path, Document.id).where(
+                        Document.collection == job.collection, Document.path.in_([o.path for o in outcomes])
+                    )
+                ).all()
+            )
+        return [
+            {
+                "name": names.get(o.path) or self.service.public_path(o.path),
+                "status": o.status,
+                "items": o.items,
+                "reason": o.reason,
+                "document_id": doc_ids.get(o.path),
+            }
+            for o in outcomes
+        ]
+
+    def _failed(self, job_id: str, error: str, progress: _JobProgress) -> None:
+        job = self.store.get(job_id)
+        files = self._file_reports(job, progress.outcomes) if job is not None else []
+        self.store.update(job_id, status="failed", error=error, files=files, finished_at=utcnow())
+        self.service.metrics.jobs.labels(status="failed").inc()

@@ -1,0 +1,131 @@
+"""Items (an image, a text chunk, a rendered page) by id, and their pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pymupdf
+from fastapi import APIRouter, Query, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+
+from mmrag.api.deps import ServiceDep
+from mmrag.api.errors import ApiError, documented
+from mmrag.api.schemas import ItemOut
+from mmrag.api.service import Service
+from mmrag.ingest.images import thumbnail_format
+from mmrag.store.models import Document, Item
+
+router = APIRouter(tags=["items"])
+
+ItemId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The item's id (from a query hit)")]
+_PDF_CROP_DPI = 144
+_IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+
+
+def _load(service: Service, item_id: int) -> tuple[Item, Document]:
+    assert service.db is not None
+    with service.db.session() as session:
+        item = session.get(Item, item_id)
+        doc = session.get(Document, item.document_id) if item is not None else None
+    if item is None or doc is None:
+        raise ApiError(404, "not_found", f"no item {item_id}")
+    return item, doc
+
+
+@router.get(
+    "/items/{item_id}",
+    response_model=ItemOut,
+    summary="An item and its source",
+    responses=documented(401, 404, 422, 503),
+)
+async def get_item(item_id: ItemId, service: ServiceDep) -> ItemOut:
+    item, doc = await service.run(_load, service, item_id)
+    return ItemOut(
+        item_id=item.id,
+        collection=item.collection,
+        document_id=doc.id,
+        path=service.public_path(doc.path),
+        modality=item.modality,
+        page=item.page,
+        bbox=item.bbox,
+        text=item.text,
+        metadata=item.meta or {},
+        document_metadata=doc.meta or {},
+        image_url=f"/v1/items/{item.id}/image" if item.modality != "text" else None,
+    )
+
+
+@router.get(
+    "/items/{item_id}/image",
+    summary="An item's picture: its thumbnail, or the original (the image file, or its region of a PDF page)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The picture",
+            "content": {
+                f"image/{kind}": {"schema": {"type": "string", "format": "binary"}}
+                for kind in ("webp", "jpeg", "png", "gif", "bmp", "tiff")
+            },
+        },
+        **documented(401, 404, 422, 503),
+    },
+)
+async def get_item_image(
+    item_id: ItemId,
+    service: ServiceDep,
+    variant: Annotated[
+        Literal["thumbnail", "original"], Query(description="thumbnail (small) or original")
+    ] = "thumbnail",
+) -> Response:
+    return await service.run(_picture, service, item_id, variant)
+
+
+def _picture(service: Service, item_id: int, variant: str) -> Response:
+    item, doc = _load(service, item_id)
+    if item.modality == "text":
+        raise ApiError(404, "not_found", f"item {item_id} is a text chunk: it has no picture")
+    if variant == "thumbnail":
+        if not item.thumbnail:
+            raise ApiError(404, "not_found", f"item {item_id} has no thumbnail")
+        data_dir = service.settings.data_dir.resolve()
+        path = (data_dir / item.thumbnail).resolve()
+        if not path.is_relative_to(data_dir) or not path.is_file():
+            raise ApiError(404, "not_found", f"the thumbnail of item {item_id} is missing")
+        return FileResponse(path, media_type=f"image/{thumbnail_format()}")
+    source = Path(doc.path)
+    if not source.is_file():
+        raise ApiError(
+            404, "not_found", f"the source file of item {item_id} is gone: {service.public_path(doc.path)}"
+        )
+    if doc.kind == "image":
+        with open(source, "rb") as handle:
+            head = handle.read(16)
+        media = next((mime for magic, mime in _IMAGE_MAGIC if head.startswith(magic)), None)
+        if media is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            media = "image/webp"
+        return FileResponse(source, media_type=media or "application/octet-stream")
+    if doc.kind == "pdf" and item.page:
+        return Response(_pdf_region(source, item.page, item.bbox), media_type="image/png")
+    raise ApiError(404, "not_found", f"item {item_id} has no original picture")
+
+
+def _pdf_region(path: Path, page_number: int, bbox: list[float] | None) -> bytes:
+    """The item's region of its page (the whole page for a rendered page), rendered as PNG."""
+    try:
+        with pymupdf.open(path, filetype="pdf") as doc:
+            page = doc[page_number - 1]
+            clip = pymupdf.Rect(bbox) & page.rect if bbox else page.rect
+            if clip.is_empty:
+                clip = page.rect
+            return page.get_pixmap(dpi=_PDF_CROP_DPI, clip=clip).tobytes("png")
+    except Exception as exc:
+        raise ApiError(404, "not_found", f"the PDF page of this item cannot be rendered: {exc}") from None

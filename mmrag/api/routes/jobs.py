@@ -1,0 +1,40 @@
+"""Ingest jobs: status, counts and the outcome of every file."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from mmrag.api.deps import ServiceDep
+from mmrag.api.errors import ApiError, documented
+from mmrag.api.schemas import JobFile, JobStatus
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobStatus,
+    summary="An ingest job's status",
+    responses=documented(401, 404, 422, 503),
+)
+async def get_job(
+    job_id: Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="The id an upload answered with")],
+    service: ServiceDep,
+) -> JobStatus:
+    job = await service.run(service.job_store.get, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return JobStatus(
+        id=job.id,
+        collection=job.collection,
+        kind=job.kind,  # type: ignore[arg-type]
+        status=job.status,  # type: ignore[arg-type]
+        counts=job.counts or {},
+        files=[JobFile(**entry) for entry in job.files or []],
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )

@@ -1,0 +1,387 @@
+"""Request and response bodies of the REST API (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    model_validator,
+)
+
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_QUERY_TEXT = 4000
+MAX_METADATA_KEYS = 32
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; mmrag stores UTC everywhere, so say so
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+Road = Literal["clip", "caption", "both"]
+ModalityName = Literal["text", "image", "page"]
+FusionName = Literal["calibrated", "rrf", "raw"]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="A short machine-readable code", examples=["not_found"])
+    message: str = Field(description="What is wrong, in words", examples=["no item 42"])
+    details: list[dict[str, Any]] | None = Field(None, description="Per-field problems of an invalid request")
+
+
+# ---- ingest ----------------------------------------------------------------------------------------------
+
+
+class UploadOptions(_Strict):
+    """The `options` form field of an upload, as JSON."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"road": "clip", "metadata": {"source": "scanner", "year": 2024}}]},
+    )
+    road: Road | None = Field(None, description="How images are embedded; default: the server's ingest.road")
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_KEYS,
+        description="Stored with every uploaded document; queries can filter on it",
+    )
+
+
+class FolderIngestRequest(UploadOptions):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"path": "/srv/scans/2024", "prune": True}]}
+    )
+    path: str = Field(min_length=1, max_length=4096, description="A folder under one of api.allowed_roots")
+    prune: bool = Field(False, description="Also remove documents of files that disappeared under the folder")
+
+
+class AcceptedFile(BaseModel):
+    name: str = Field(examples=["chelsea.jpg"])
+    kind: Literal["image", "pdf", "text"]
+    size: int
+    sha256: str
+
+
+class JobAccepted(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "5b0f7c1e2d3a4b5c8d9e0f1a2b3c4d5e",
+                    "status": "queued",
+                    "collection": "default",
+                    "files": [{"name": "chelsea.jpg", "kind": "image", "size": 21532, "sha256": "9f2c..."}],
+                    "status_url": "/v1/jobs/5b0f7c1e2d3a4b5c8d9e0f1a2b3c4d5e",
+                }
+            ]
+        }
+    )
+    job_id: str
+    status: Literal["queued"]
+    collection: str
+    files: list[AcceptedFile]
+    status_url: str
+
+
+class JobFile(BaseModel):
+    name: str
+    status: str = Field(description="indexed | unchanged | failed | unsupported")
+    items: int
+    reason: str | None = Field(None, description="Why the file failed or was skipped")
+    document_id: int | None = None
+
+
+class JobStatus(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5b0f7c1e2d3a4b5c8d9e0f1a2b3c4d5e",
+                    "collection": "default",
+                    "kind": "upload",
+                    "status": "done",
+                    "counts": {"indexed": 1, "failed": 1, "items": 1},
+                    "files": [
+                        {
+                            "name": "chelsea.jpg",
+                            "status": "indexed",
+                            "items": 1,
+                            "reason": None,
+                            "document_id": 7,
+                        },
+                        {
+                            "name": "broken.jpg",
+                            "status": "failed",
+                            "items": 0,
+                            "reason": "corrupt or truncated image: image file is truncated",
+                            "document_id": 8,
+                        },
+                    ],
+                    "error": None,
+                    "created_at": "2026-11-26T10:00:00Z",
+                    "started_at": "2026-11-26T10:00:00Z",
+                    "finished_at": "2026-11-26T10:00:02Z",
+                }
+            ]
+        }
+    )
+    id: str
+    collection: str
+    kind: Literal["upload", "folder"]
+    status: Literal["queued", "running", "done", "failed"]
+    counts: dict[str, int] = Field(
+        description="Files per outcome (indexed, unchanged, failed, unsupported), items"
+    )
+    files: list[JobFile]
+    error: str | None = Field(None, description="Why the job as a whole failed")
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+
+
+# ---- query and ask -----------------------------------------------------------------------------------------
+
+
+class QueryFilters(_Strict):
+    modality: list[ModalityName] | None = Field(
+        None, min_length=1, description="Only items of these modalities"
+    )
+    document_ids: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, min_length=1, max_length=1000, description="Only items of these documents"
+    )
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        None, max_length=MAX_METADATA_KEYS, description="Only documents whose metadata has all these values"
+    )
+
+
+class _QueryBase(_Strict):
+    image_base64: str | None = Field(
+        None, description="A query image (JPEG, PNG, WebP, GIF, BMP, TIFF), base64; or upload it as `image`"
+    )
+    filters: QueryFilters | None = None
+    fusion: FusionName | None = Field(None, description="Default: the server's retrieve.fusion")
+
+
+class QueryRequest(_QueryBase):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "a cat asleep on a sofa", "k": 5},
+                {
+                    "text": "rocket launch",
+                    "k": 10,
+                    "filters": {"modality": ["image"], "metadata": {"year": 2024}},
+                },
+            ]
+        },
+    )
+    text: str | None = Field(None, min_length=1, max_length=MAX_QUERY_TEXT)
+    k: int = Field(10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _needs_text_or_image(self, info: ValidationInfo) -> QueryRequest:
+        uploaded = bool(info.context and info.context.get("image_uploaded"))
+        if not self.text and not self.image_base64 and not uploaded:
+            raise ValueError("a query needs text, an image, or both")
+        return self
+
+
+class AskRequest(_QueryBase):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"question": "What is the cat lying on?", "k": 5, "stream": False}]},
+    )
+    question: str = Field(min_length=1, max_length=MAX_QUERY_TEXT)
+    k: int = Field(5, ge=1, le=50, description="How many retrieved items the answer may draw on")
+    stream: bool = Field(False, description="Stream the answer as server-sent events")
+
+
+class SourceOut(BaseModel):
+    number: int | None = Field(description="The [n] the answer cites it by; null when not given to the model")
+    item_id: int
+    document_id: int | None
+    path: str
+    page: int | None
+    bbox: list[float] | None
+    modality: str
+    score: float
+    sent_as: str | None = Field(None, description="image | text: how the model saw it")
+    cited: bool = False
+    left_out: str | None = Field(None, description="Why it was not given to the model")
+    image_url: str | None = None
+
+
+class AskResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "question": "What is the cat lying on?",
+                    "answer": "The cat is lying on a red sofa [1].",
+                    "backend": "openai: model 'qwen2.5-vl' at http://localhost:8000/v1",
+                    "cited": [1],
+                    "sources": [
+                        {
+                            "number": 1,
+                            "item_id": 7,
+                            "document_id": 3,
+                            "path": "uploads/default/9f2c.../chelsea.jpg",
+                            "page": None,
+                            "bbox": None,
+                            "modality": "image",
+                            "score": 4.2,
+                            "sent_as": "image",
+                            "cited": True,
+                            "left_out": None,
+                            "image_url": "/v1/items/7/image",
+                        }
+                    ],
+                    "left_out": [],
+                    "citations_added": False,
+                    "dropped_citations": [],
+                    "error": None,
+                    "warnings": [],
+                    "took_ms": 850.0,
+                }
+            ]
+        }
+    )
+    question: str
+    answer: str | None = Field(description="null when no answer could be generated: see error")
+    backend: str
+    cited: list[int]
+    sources: list[SourceOut] = Field(description="Given to the model, numbered as the answer cites them")
+    left_out: list[SourceOut] = Field(description="Retrieved, but not given to the model (and why)")
+    citations_added: bool = Field(description="The model cited nothing; mmrag matched sentences to sources")
+    dropped_citations: list[int]
+    error: str | None = Field(description="Why generation failed (the sources are still listed)")
+    warnings: list[str]
+    took_ms: float
+
+
+class HitOut(BaseModel):
+    item_id: int
+    document_id: int
+    score: float = Field(description="The fused score (calibrated: best z-score; rrf: reciprocal rank sum)")
+    modality: str
+    path: str = Field(description="The source file (uploads: relative to the data dir)")
+    page: int | None
+    bbox: list[float] | None
+    text: str | None
+    metadata: dict[str, Any] = Field(description="The document's metadata")
+    ranks: dict[str, int] = Field(description="Rank in each list that found it: 'space:query>modality'")
+    scores: dict[str, float] = Field(description="Raw cosine in each list that found it")
+    calibrated: dict[str, float] = Field(description="Calibrated z-score in each list (calibrated fusion)")
+    image_url: str | None = Field(None, description="The item's picture, for image and page items")
+
+
+class QueryResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "collection": "default",
+                    "hits": [
+                        {
+                            "item_id": 7,
+                            "document_id": 3,
+                            "score": 4.2,
+                            "modality": "image",
+                            "path": "uploads/default/9f2c.../chelsea.jpg",
+                            "page": None,
+                            "bbox": None,
+                            "text": None,
+                            "metadata": {"source": "scanner"},
+                            "ranks": {"clip:text>image": 1},
+                            "scores": {"clip:text>image": 0.31},
+                            "calibrated": {"clip:text>image": 4.2},
+                            "image_url": "/v1/items/7/image",
+                        }
+                    ],
+                    "took_ms": 12.5,
+                }
+            ]
+        }
+    )
+    collection: str
+    hits: list[HitOut]
+    took_ms: float
+
+
+# ---- documents, items, collections ---------------------------------------------------------------------
+
+
+class DocumentOut(BaseModel):
+    id: int
+    collection: str
+    path: str
+    name: str
+    kind: str
+    status: str = Field(description="indexed | failed")
+    error: str | None
+    size: int
+    items: int
+    metadata: dict[str, Any]
+    created_at: UtcDatetime | None
+    updated_at: UtcDatetime | None
+
+
+class DocumentList(BaseModel):
+    collection: str
+    total: int
+    offset: int
+    documents: list[DocumentOut]
+
+
+class DeletedDocument(BaseModel):
+    id: int
+    collection: str
+    deleted: bool = True
+
+
+class ItemOut(BaseModel):
+    item_id: int
+    collection: str
+    document_id: int
+    path: str
+    modality: str
+    page: int | None
+    bbox: list[float] | None
+    text: str | None
+    metadata: dict[str, Any] = Field(description="The item's own metadata (captions, OCR text, ...)")
+    document_metadata: dict[str, Any]
+    image_url: str | None
+
+
+class CollectionOut(BaseModel):
+    name: str
+    documents: int
+    items: int
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    detail: str | None = None

@@ -1,0 +1,279 @@
+"""What the service holds while it runs: one database, one set of models, one open Collection per name.
+
+Models are built once and shared by every collection. A collection is opened (and its indexes repaired)
+the first time a request names it. Searches run in a thread pool and may run concurrently with each other
+and with the one ingest job writing to the same collection: VectorIndex serialises its own reads and
+writes, and every write to a collection from this process (ingest jobs, deletes) takes that collection's
+write lock, on top of Collection.writer()'s file lock against other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from PIL import Image
+from sqlalchemy import exists, select, union
+
+from mmrag.api.metrics import Metrics
+from mmrag.api.security import ApiKeyVerifier
+from mmrag.caption.base import Captioner, OcrEngine
+from mmrag.collection import Collection
+from mmrag.embed.base import TextEncoder
+from mmrag.embed.clip import ClipEmbedder
+from mmrag.retrieve.search import Hit, Retriever
+from mmrag.settings import Settings
+from mmrag.store.db import Database
+from mmrag.store.models import Document, Item, Space
+
+if TYPE_CHECKING:
+    from mmrag.api.jobs import IngestWorker, JobStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The operation (query | ask) a pool thread is serving, for the stage histograms' label.
+_current = threading.local()
+
+
+@dataclass
+class CollectionHandle:
+    name: str
+    collection: Collection
+    retriever: Retriever  # replaced after each write, so its calibration is looked at again
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Two first queries would otherwise both fit the calibration and race on its file.
+    calibration_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Filters:
+    modalities: Sequence[str] | None = None
+    document_ids: set[int] | None = None
+    metadata: Mapping[str, Any] | None = None
+
+    @property
+    def selective(self) -> bool:
+        return bool(self.document_ids) or bool(self.metadata)
+
+    def accepts(self, doc: Document) -> bool:
+        if self.document_ids and doc.id not in self.document_ids:
+            return False
+        meta = doc.meta or {}
+        return not self.metadata or all(
+            _same(meta.get(key, _MISSING), value) for key, value in self.metadata.items()
+        )
+
+
+_MISSING = object()
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    """JSON equality: true is not 1 (Python says it is), 2024 is 2024.0."""
+    return isinstance(stored, bool) == isinstance(wanted, bool) and stored == wanted
+
+
+@dataclass
+class FoundItem:
+    hit: Hit
+    document: Document
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.keys = ApiKeyVerifier(settings.api.api_key_hashes)
+        self.executor = ThreadPoolExecutor(settings.api.workers, thread_name_prefix="mmrag-pool")
+        self.db: Database | None = None
+        self.clip: ClipEmbedder | None = None
+        self.text: TextEncoder | None = None
+        self.captioner: Captioner | None = None
+        self.ocr: OcrEngine | None = None
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self._handles: dict[str, CollectionHandle] = {}
+        self._handles_lock = threading.Lock()
+        # set by load() once the database is open
+        self.job_store: JobStore
+        self.worker: IngestWorker
+        self.answers: Any = None  # answering.AnswerService, made on the first /ask
+
+    # ---- start and stop -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Database, models (weights loaded now, not on the first request), the default collection."""
+        from mmrag.caption.factory import build_captioner, build_ocr
+        from mmrag.runtime import build_encoders
+
+        settings = self.settings
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self.db = Database(settings.db_url)
+            self.clip, self.text = build_encoders(settings)
+            for encoder in self.encoders:
+                encoder.load()  # type: ignore[attr-defined]
+            self.captioner = build_captioner(settings)
+            self.ocr = build_ocr(settings)
+            handle = self.handle(settings.collection, create=True)
+            assert handle is not None
+            self.warm_calibration(handle)
+            from mmrag.api.jobs import IngestWorker, JobStore
+
+            self.job_store = JobStore(self.db)
+            self.worker = IngestWorker(self, self.job_store)
+            self.worker.start()  # jobs left unfinished by the last run go first
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the service could not load")
+            return
+        self.ready.set()
+
+    def close(self) -> None:
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.stop()
+        if self.answers is not None:
+            self.answers.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        with self._handles_lock:
+            for handle in self._handles.values():
+                with handle.write_lock:
+                    handle.collection.save()
+        if self.db is not None:
+            self.db.close()
+
+    def uploads_dir(self, collection: str) -> Path:
+        return self.settings.data_dir / "uploads" / collection
+
+    def incoming_dir(self) -> Path:
+        """A fresh folder for one request's files while they stream in (hidden: never walked)."""
+        return self.settings.data_dir / "uploads" / ".incoming" / uuid.uuid4().hex
+
+    def public_path(self, path: str) -> str:
+        """Uploaded files are shown relative to the data dir (uploads/<collection>/<sha256>/<name>), not
+        with the server's own layout; documents indexed from folders keep their absolute paths."""
+        data_dir = str(self.settings.data_dir.resolve())
+        if path.startswith(data_dir + os.sep):
+            return path[len(data_dir) + 1 :]
+        return path
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking work (models, FAISS, database, files) on the pool, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, partial(fn, *args, **kwargs))
+
+    # ---- collections ------------------------------------------------------------------------------------
+
+    @property
+    def encoders(self) -> list[TextEncoder]:
+        return [enc for enc in (self.clip, self.text) if enc is not None]
+
+    def collection_exists(self, name: str) -> bool:
+        assert self.db is not None
+        with self.db.session() as session:
+            return bool(
+                session.scalar(
+                    select(
+                        exists().where(Space.collection == name) | exists().where(Document.collection == name)
+                    )
+                )
+            )
+
+    def collection_names(self) -> list[str]:
+        assert self.db is not None
+        with self.db.session() as session:
+            names = session.scalars(
+                union(select(Space.collection), select(Document.collection.label("collection")))
+            ).all()
+        return sorted(set(names))
+
+    def handle(self, name: str, create: bool = False) -> CollectionHandle | None:
+        """The open collection `name`; None when it does not exist and `create` is False (reads never create
+        a collection, so a typo in a name gives 404 rather than an empty collection)."""
+        with self._handles_lock:
+            handle = self._handles.get(name)
+            if handle is not None:
+                return handle
+            if not create and not self.collection_exists(name):
+                return None
+            assert self.db is not None
+            collection = Collection(self.settings, self.db, self.encoders, name=name)
+            for report in collection.open():
+                if report.changed:
+                    log.warning("collection %s: repaired the %s index from the database", name, report.space)
+            handle = CollectionHandle(name, collection, self._retriever(collection))
+            self._handles[name] = handle
+            return handle
+
+    def _retriever(self, collection: Collection) -> Retriever:
+        return Retriever(
+            collection,
+            self.encoders,
+            fusion=self.settings.retrieve.fusion,
+            captioner=self.captioner if self.clip is None else None,
+            on_stage=self._observe_stage,
+        )
+
+    def _observe_stage(self, stage: str, seconds: float) -> None:
+        self.metrics.stage(getattr(_current, "operation", "query"), stage, seconds)
+
+    def collection_changed(self, handle: CollectionHandle) -> None:
+        """After a write: a fresh retriever reloads (or refits, if it grew enough) the calibration."""
+        handle.retriever = self._retriever(handle.collection)
+
+    def warm_calibration(self, handle: CollectionHandle) -> None:
+        if self.settings.retrieve.fusion == "calibrated":
+            with handle.calibration_lock:
+                handle.retriever.calibration  # noqa: B018 - fitted (or loaded) here, once
+
+    # ---- search -----------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        handle: CollectionHandle,
+        *,
+        text: str | None,
+        image: Image.Image | None,
+        k: int,
+        fusion: str | None = None,
+        filters: Filters | None = None,
+        operation: str = "query",
+    ) -> list[FoundItem]:
+        """Retriever.search with filters on modality (which indexes are searched), documents and document
+        metadata (applied before fusion; the lists are searched deeper until k items pass or nothing is
+        left to search)."""
+        filters = filters or Filters()
+        _current.operation = operation
+        retriever = handle.retriever
+        if (fusion or self.settings.retrieve.fusion) == "calibrated":
+            self.warm_calibration(handle)
+        spaces = None
+        if filters.modalities:
+            spaces = [f"{enc.space}.{m}" for enc in self.encoders for m in filters.modalities]
+        largest = max((len(ix) for ix in list(handle.collection.indexes.values())), default=0)
+        depth = max(k * 3, 30)
+        documents: dict[int, Document] = {}
+
+        def keep(item: Item, doc: Document) -> bool:
+            if not filters.accepts(doc):
+                return False
+            documents[item.id] = doc  # the hit's document, without asking the database again
+            return True
+
+        while True:
+            hits = retriever.search(
+                text, image, k, spaces=spaces, fusion=fusion, item_filter=keep, depth=depth
+            )
+            if not filters.selective or len(hits) >= k or depth >= largest:
+                return [FoundItem(hit, documents[hit.item_id]) for hit in hits]
+            depth = min(depth * 8, largest)
