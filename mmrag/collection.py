@@ -393,9 +393,11 @@ class Collection:
             rows = session.execute(
                 select(Item, Document)
                 .join(Document, Document.id == Item.document_id)
-                .where(Item.id.in_(wanted), Item.collection == self.name)
+                .where(Item.id.in_(wanted))
             ).all()
-        return {item.id: (item, doc) for item, doc in rows}
+        # The collection is checked here, not in SQL: with it in the WHERE clause SQLite (without ANALYZE)
+        # scans the (collection, modality) index, 68 ms at 300k rows, instead of 0.6 ms by primary key.
+        return {item.id: (item, doc) for item, doc in rows if item.collection == self.name}
 
     def search(self, space: str, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.atleast_2d(queries).astype(np.float32)
