@@ -189,11 +189,18 @@ def print_summary(results: dict[str, Any]) -> None:
         f"GPU: {machine['gpu'] or 'none'}; torch threads {machine['torch_threads']}; load average "
         f"{results.get('load_average_at_start')} at start, {results.get('load_average_at_end')} at end"
     )
+    if results["ingest"]:
+        print_ingest(results["ingest"])
+    if results["query"]:
+        print_query(results["query"])
+
+
+def print_ingest(steps: dict[str, Any]) -> None:
     ingest = Table(title="Ingest: pipeline vs floor (same input, same run)")
     for column in ("step", "unit", "pipeline /s", "floor", "floor /s", "pipeline / floor", "other layers /s"):
         ingest.add_column(column, justify="left" if column in ("step", "unit", "floor") else "right")
     floors = {"clip_images": "bare_forward", "offline_images": "bare_forward", "pdf_pages": "bare_pymupdf"}
-    for step, result in results["ingest"].items():
+    for step, result in steps.items():
         if "skipped" in result:
             ingest.add_row(step, "", "", result["skipped"], "", "", "")
             continue
@@ -212,13 +219,15 @@ def print_summary(results: dict[str, Any]) -> None:
             others,
         )
     console.print(ingest)
-    pdf = results["ingest"].get("pdf_pages", {})
+    pdf = steps.get("pdf_pages", {})
     if "sections_eval" in pdf:
         scores = pdf["sections_eval"]
         metrics = [f"R@{k} {scores[f'recall@{k}']:.2f}" for k in (1, 5, 10)]
         metrics += [f"MRR {scores['mrr']:.3f}", f"nDCG@10 {scores['ndcg@10']:.3f}"]
         console.print(f"PDF outline queries ({scores['queries']}): " + "  ".join(metrics))
 
+
+def print_query(rows: list[dict[str, Any]]) -> None:
     table = Table(title="Query: Retriever.search (full) vs encode + FAISS search (floor), one at a time")
     for column in (
         "items",
@@ -235,7 +244,7 @@ def print_summary(results: dict[str, Any]) -> None:
         "full q/s",
     ):
         table.add_column(column, justify="right")
-    for row in results["query"]:
+    for row in rows:
         if "skipped" in row:
             table.add_row(f"{row['items']:,}", row["layout"], "skipped", "", "", "", "", "", "", "", "", "")
             continue
