@@ -13,8 +13,10 @@ from mmrag.embed.clip import ClipEmbedder
 from mmrag.settings import Settings
 from mmrag.store.db import Database
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # heavy modules, imported when first used
     from mmrag.generate.backends import Generator
+    from mmrag.ingest.vectorise import Vectoriser
+    from mmrag.retrieve.search import Retriever
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Runtime:
 
         return build_generator(self.settings)
 
-    def vectoriser(self):  # type: ignore[no-untyped-def]
+    def vectoriser(self) -> Vectoriser:
         from mmrag.caption.factory import build_ocr
         from mmrag.ingest.vectorise import Vectoriser
 
@@ -56,7 +58,7 @@ class Runtime:
             caption_batch=self.settings.caption.batch_size,
         )
 
-    def retriever(self):  # type: ignore[no-untyped-def]
+    def retriever(self) -> Retriever:
         from mmrag.retrieve.search import Retriever
 
         return Retriever(
