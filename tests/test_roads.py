@@ -157,14 +157,19 @@ def test_unreachable_captioner_fails_images_not_the_run(
     rt.close()
 
 
-def test_both_roads_one_ranking_over_photos_and_text(library: Path, tmp_path: Path) -> None:
+def both_roads(tmp_path: Path) -> Runtime:
+    """Tiny CLIP for the image tower and real EfficientNet labels in the MiniLM text space."""
     settings = load_settings(
         data_dir=tmp_path / "data",
         models={"clip": TINY_CLIP, "model_config_paths": [ASSETS]},
         ingest={"road": "both"},
         caption={"backend": "efficientnet"},
     )
-    rt = open_runtime(settings)
+    return open_runtime(settings)
+
+
+def test_both_roads_one_ranking_over_photos_and_text(library: Path, tmp_path: Path) -> None:
+    rt = both_roads(tmp_path)
     assert _index(rt, library).ok
     assert set(rt.collection.indexes) == {"clip.image", "clip.text", "text.image", "text.text"}
     hits = rt.retriever().search("a cat", k=10)
@@ -175,13 +180,7 @@ def test_both_roads_one_ranking_over_photos_and_text(library: Path, tmp_path: Pa
 
 
 def test_both_roads_one_ranking(library: Path, tmp_path: Path) -> None:
-    settings = load_settings(
-        data_dir=tmp_path / "data",
-        models={"clip": TINY_CLIP, "model_config_paths": [ASSETS]},
-        ingest={"road": "both"},
-        caption={"backend": "efficientnet"},
-    )
-    rt = open_runtime(settings)
+    rt = both_roads(tmp_path)
     report = _index(rt, library / "photos")
     assert report.ok
     assert set(rt.collection.indexes) == {"clip.image", "text.image"}
