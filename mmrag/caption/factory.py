@@ -17,16 +17,9 @@ def build_captioner(settings: Settings) -> Captioner | None:
         return EfficientNetLabeler()
     if cfg.backend == "openai":
         from mmrag.caption.openai_captioner import OpenAICaptioner
-        from mmrag.vlm.openai_client import OpenAICompatClient
+        from mmrag.vlm.openai_client import client_from_settings
 
-        client = OpenAICompatClient(
-            cfg.base_url,
-            cfg.model,
-            api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            max_concurrency=cfg.max_concurrency,
-        )
+        client = client_from_settings(cfg, max_concurrency=cfg.max_concurrency)
         return OpenAICaptioner(client, prompt=prompt, max_tokens=cfg.max_tokens)
     from mmrag.caption.transformers_captioner import TransformersCaptioner
     from mmrag.vlm.transformers_vlm import TransformersVLM

@@ -154,16 +154,9 @@ def build_generator(settings: Settings) -> Generator | None:
     if cfg.backend == "none":
         return None
     if cfg.backend == "openai":
-        from mmrag.vlm.openai_client import OpenAICompatClient
+        from mmrag.vlm.openai_client import client_from_settings
 
-        client = OpenAICompatClient(
-            cfg.base_url,
-            cfg.model,
-            api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            max_concurrency=1,
-        )
+        client = client_from_settings(cfg, max_concurrency=1)
         # max_images: 0 serves text-only models (a llama.cpp server with a plain LLM) through this backend.
         return OpenAIGenerator(client, temperature=cfg.temperature, sees_images=cfg.max_images > 0)
     if cfg.backend == "transformers":

@@ -17,11 +17,12 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from PIL import Image
+from pydantic import SecretStr
 
 from mmrag.errors import ConfigError, MmragError
 from mmrag.vlm.images import image_to_data_url
@@ -311,6 +312,27 @@ class OpenAICompatClient:
             ) from None
         if not yielded_any:
             raise self._malformed(f"empty content (finish_reason={finish_reason!r})")
+
+
+class _ServerSettings(Protocol):
+    """The fields CaptionSettings and GenerateSettings share for an OpenAI-compatible server."""
+
+    base_url: str
+    model: str
+    api_key: SecretStr | None
+    timeout_s: float
+    max_retries: int
+
+
+def client_from_settings(cfg: _ServerSettings, max_concurrency: int) -> OpenAICompatClient:
+    return OpenAICompatClient(
+        cfg.base_url,
+        cfg.model,
+        api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+        max_concurrency=max_concurrency,
+    )
 
 
 def user_message(
