@@ -86,16 +86,19 @@ class _RichProgress:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.task = progress.add_task("indexing", total=None, items=0, rate="")
-        self.items = 0
+        self.items = 0  # embedded, not only committed: the count moves while a batch of files is open
 
     def start(self, total_files: int) -> None:
         self.progress.update(self.task, total=total_files)
 
-    def file_done(self, outcome: Any) -> None:
-        self.items += outcome.items
+    def items_embedded(self, count: int) -> None:
+        self.items += count
         elapsed = self.progress.tasks[self.task].elapsed or 0.0
         rate = f"{self.items / elapsed:.1f} items/s" if elapsed > 1 else ""
-        self.progress.update(self.task, advance=1, items=self.items, rate=rate)
+        self.progress.update(self.task, items=self.items, rate=rate)
+
+    def file_done(self, outcome: Any) -> None:
+        self.progress.update(self.task, advance=1)
         if outcome.status == "failed":
             self.progress.console.print(f"[red]failed[/] {outcome.path}: {outcome.reason}")
 
@@ -159,13 +162,13 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Search the collection with text and/or an image."""
-    from mmrag.ingest.images import load_image
+    from mmrag.ingest.images import load_model_image
 
     if not text and image is None:
         raise _fail(ValueError("give a text query, --image PATH, or both"))
     try:
         rt = _runtime()
-        query_image = load_image(image, rt.settings.ingest.max_image_pixels) if image is not None else None
+        query_image = load_model_image(image, rt.settings.ingest.max_image_pixels) if image else None
         hits = rt.retriever().search(text, query_image, k)
         rt.close()
     except MmragError as exc:
@@ -200,13 +203,13 @@ def ask(
     Exit code 3: the generator failed or gave no usable answer; the retrieved sources are still printed.
     """
     from mmrag.generate.answer import Answerer
-    from mmrag.ingest.images import load_image
+    from mmrag.ingest.images import load_model_image
 
     if not question.strip():
         raise _fail(ValueError("the question is empty"))
     try:
         rt = _runtime()
-        query_image = load_image(image, rt.settings.ingest.max_image_pixels) if image is not None else None
+        query_image = load_model_image(image, rt.settings.ingest.max_image_pixels) if image else None
         answerer = Answerer.from_runtime(rt)
         if as_json or not stream:
             result = answerer.answer(question, query_image, k)
@@ -263,11 +266,12 @@ def delete(
     paths: Annotated[list[Path], typer.Argument(help="Indexed files (or folders) to remove.")],
 ) -> None:
     """Remove documents (and their items) from the collection."""
+    from mmrag.ingest.discover import printable_path
     from mmrag.ingest.pipeline import _is_under
 
     try:
         rt = _runtime()
-        wanted = [str(p.expanduser().resolve()) for p in paths]
+        wanted = [printable_path(p.expanduser().resolve()) for p in paths]
         with rt.collection.writer():
             docs = [d for d in rt.collection.documents() if any(_is_under(d.path, w) for w in wanted)]
             removed = rt.collection.delete_documents(d.id for d in docs)

@@ -106,6 +106,9 @@ class GenerateSettings(_Section):
 
 class IngestSettings(_Section):
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    # A text file's chunks and vectors are held until it commits: 16 MiB is ~60k chunks, ~10 minutes of
+    # MiniLM on a CPU and a few hundred MB. Larger text files are reported and skipped.
+    max_text_bytes: int = Field(16 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(100_000_000, ge=1)  # Pillow's decompression-bomb limit
     thumbnail_size: int = Field(256, ge=16, le=2048)
     min_pdf_image_side: int = Field(64, ge=1)  # smaller embedded images are icons, bullets, rules

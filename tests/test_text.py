@@ -49,7 +49,7 @@ def test_chunk_words_rejects_impossible_windows(size: int, overlap: int) -> None
 
 def test_markdown_chunks_stay_in_their_section_and_start_with_its_headings(tmp_path: Path) -> None:
     path = write_markdown(tmp_path / "photos.md")
-    items = extract_text_file(path, SETTINGS)
+    items = list(extract_text_file(path, SETTINGS))
 
     assert items, "a real Markdown document gave no chunks"
     assert [item.meta["chunk"] for item in items] == list(range(len(items)))
@@ -75,7 +75,7 @@ def test_markdown_chunks_stay_in_their_section_and_start_with_its_headings(tmp_p
 def test_markdown_line_numbers_point_at_each_chunks_first_word(tmp_path: Path) -> None:
     path = write_markdown(tmp_path / "photos.md")
     lines = path.read_text(encoding="utf-8").split("\n")
-    items = extract_text_file(path, SETTINGS)
+    items = list(extract_text_file(path, SETTINGS))
     for item in items:
         line = item.meta["line"]
         first_word = _body(item.text or "").split()[0]
@@ -87,7 +87,7 @@ def test_markdown_line_numbers_point_at_each_chunks_first_word(tmp_path: Path) -
 
 def test_markdown_setext_heading_code_fence_and_links(tmp_path: Path) -> None:
     path = write_markdown(tmp_path / "photos.md")
-    items = extract_text_file(path, SETTINGS)
+    items = list(extract_text_file(path, SETTINGS))
     sections = {item.meta.get("section", "") for item in items}
 
     assert any(section.endswith(" > Space") for section in sections), sections
@@ -121,7 +121,7 @@ def test_plain_text_crlf_bom_and_line_numbers(tmp_path: Path) -> None:
     path = tmp_path / "coins.txt"
     body = "\r\n".join(["", "", description])
     path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
-    items = extract_text_file(path, SETTINGS)
+    items = list(extract_text_file(path, SETTINGS))
     assert items[0].text is not None
     assert not items[0].text.startswith("\ufeff")
     assert items[0].text.startswith("Greek coins from Pompeii.")
@@ -140,7 +140,7 @@ def test_latin1_fallback(tmp_path: Path) -> None:
 def test_empty_or_blank_file_gives_no_items(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "blank.md"
     path.write_bytes(content)
-    assert extract_text_file(path, SETTINGS) == []
+    assert list(extract_text_file(path, SETTINGS)) == []
 
 
 def test_heading_prefix_counts_against_the_word_budget(tmp_path: Path) -> None:

@@ -15,23 +15,27 @@ import queue
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from mmrag.collection import CollectionLocked
 from mmrag.errors import MmragError
-from mmrag.ingest.pipeline import FileOutcome, Indexer
+from mmrag.ingest.pipeline import FileOutcome, Indexer, NoProgress
 from mmrag.ingest.vectorise import Vectoriser
 from mmrag.store.db import Database
 from mmrag.store.models import Document, Job, utcnow
 
 if TYPE_CHECKING:
-    from mmrag.api.service import Service
+    from mmrag.api.service import CollectionHandle, Service
 
 log = logging.getLogger(__name__)
 
 UNFINISHED = ("queued", "running")
+_LOCK_WAIT_STEP_S = 2.0  # how often a job waiting for the write lock looks at the service stopping
 # Vectoriser.seconds keys -> the stage names of the metrics
 _STAGE_OF = {"embed_clip": "embed", "embed_text": "embed", "caption": "caption", "ocr": "ocr"}
 
@@ -76,15 +80,16 @@ class JobStore:
             )
 
 
-class _JobProgress:
+class _ServiceStopping(Exception):
+    """The service stops while a job waits for the write lock: the job stays queued."""
+
+
+class _JobProgress(NoProgress):
     """Collects each file's outcome; asks the Indexer to stop at the next file when the service shuts down."""
 
     def __init__(self, stopping: threading.Event) -> None:
         self.stopping = stopping
         self.outcomes: list[FileOutcome] = []
-
-    def start(self, total_files: int) -> None:
-        pass
 
     def file_done(self, outcome: FileOutcome) -> None:
         self.outcomes.append(outcome)
@@ -132,10 +137,9 @@ class IngestWorker:
         if job is None or job.status not in UNFINISHED:
             return
         metrics = self.service.metrics
-        self.store.update(job_id, status="running", started_at=utcnow(), error=None)
-        metrics.jobs_running.inc()
         progress = _JobProgress(self._stopping)
         vectoriser: Vectoriser | None = None
+        metrics.jobs_running.inc()
         try:
             vectoriser, interrupted = self._index(job, progress)
             if interrupted:
@@ -181,12 +185,32 @@ class IngestWorker:
         metadata = job.options.get("metadata") or {}
         document_meta = {str(root.resolve()): metadata for root in roots} if job.kind == "upload" else {}
         indexer = Indexer(settings, handle.collection, vectoriser, document_meta=document_meta)
-        with handle.write_lock, handle.collection.writer():
-            report = indexer.run(roots, prune=bool(job.options.get("prune")), progress=progress)
-            if metadata and job.kind == "upload":
-                self._set_metadata_of_unchanged(handle.collection.name, progress.outcomes, metadata)
+        try:
+            with handle.write_lock, self._writer(handle):
+                self.store.update(job.id, status="running", started_at=utcnow(), error=None)
+                report = indexer.run(roots, prune=bool(job.options.get("prune")), progress=progress)
+                if metadata and job.kind == "upload":
+                    self._set_metadata_of_unchanged(handle.collection.name, progress.outcomes, metadata)
+        except _ServiceStopping:
+            return vectoriser, True
         service.collection_changed(handle)
         return vectoriser, report.interrupted
+
+    @contextmanager
+    def _writer(self, handle: CollectionHandle) -> Iterator[None]:
+        """The collection's write access. While another process holds it (`mmrag index` on the same data
+        dir), the job stays queued and waits; a service shutting down stops waiting (the job stays queued
+        for the next start)."""
+        with ExitStack() as stack:
+            while True:
+                try:
+                    stack.enter_context(handle.collection.writer(wait_s=_LOCK_WAIT_STEP_S))
+                    break
+                except CollectionLocked as exc:
+                    if self._stopping.is_set():
+                        raise _ServiceStopping from None
+                    log.info("ingest job waits: %s", exc)
+            yield
 
     def _set_metadata_of_unchanged(
         self, collection: str, outcomes: list[FileOutcome], metadata: dict[str, Any]

@@ -148,7 +148,7 @@ class Service:
         with self._handles_lock:
             for handle in self._handles.values():
                 with handle.write_lock:
-                    handle.collection.save()
+                    handle.collection.save_if_unlocked()  # never while another process writes
         if self.db is not None:
             self.db.close()
 

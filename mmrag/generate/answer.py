@@ -29,6 +29,7 @@ from mmrag.generate.citations import (
     has_answer_text,
 )
 from mmrag.generate.prompt import Prompt, PromptBuilder, PromptLimits
+from mmrag.ingest.images import fit_for_model
 from mmrag.retrieve.search import Hit
 from mmrag.settings import GenerateSettings
 
@@ -224,7 +225,7 @@ class _Run:
         self.answerer = answerer
         self.question = question
         self.hits = list(hits)
-        self.image = image
+        self.image = fit_for_model(image) if image is not None else None
         self.prompt: Prompt | None = None
         self.answer = Answer(
             question=question,

@@ -137,7 +137,10 @@ def _page_items(
     page = doc.load_page(page_index)
     page_number = page_index + 1
     items = _text_chunks(page, page_number, settings)
-    _record_images(page, page_number, settings, uses)
+    try:
+        _record_images(page, page_number, settings, uses)
+    except Exception as exc:  # the page's text is kept whatever its images do
+        logger.warning("page %d: skipping its images: %s", page_number, exc)
     if settings.render_pages:
         items.append(_render_page(page, page_number, settings))
     return items
@@ -192,20 +195,26 @@ def _clip(box: BBox, rect: pymupdf.Rect) -> BBox:
 def _record_images(
     page: pymupdf.Page, page_number: int, settings: IngestSettings, uses: dict[int, _ImageUse]
 ) -> None:
-    for info in page.get_image_info(xrefs=True):
-        xref = int(info.get("xref") or 0)
-        if xref <= 0:
-            # Inline images (no xref) are small by nature in practice: icons, bullets, rules.
-            continue
-        width, height = int(info["width"]), int(info["height"])
-        if min(width, height) < settings.min_pdf_image_side:
-            continue
+    """Note where the page's images are, from the page's resources and content stream: nothing is decoded
+    here (an image MuPDF refuses to decode, "Overly large image", must not cost the page its text)."""
+    for entry in page.get_images(full=True):
+        xref, width, height = int(entry[0]), int(entry[2]), int(entry[3])
+        if xref <= 0 or min(width, height) < settings.min_pdf_image_side:
+            continue  # icons, bullets, rules
         use = uses.get(xref)
-        if use is None:
-            bbox = _clip(tuple(info["bbox"]), page.rect)  # type: ignore[arg-type]
-            uses[xref] = _ImageUse(xref=xref, width=width, height=height, page=page_number, bbox=bbox)
-        elif page_number != use.page and page_number not in use.other_pages:
-            use.other_pages.append(page_number)
+        if use is not None:
+            if page_number != use.page and page_number not in use.other_pages:
+                use.other_pages.append(page_number)
+            continue
+        try:
+            rect = page.get_image_bbox(entry)
+        except Exception as exc:  # a broken content stream or resource: the image is skipped, not the page
+            logger.warning("page %d: cannot place image xref %d: %s", page_number, xref, exc)
+            continue
+        if rect.is_empty or rect.is_infinite:
+            continue  # listed in the page's resources but never drawn
+        bbox = _clip((rect.x0, rect.y0, rect.x1, rect.y1), page.rect)
+        uses[xref] = _ImageUse(xref=xref, width=width, height=height, page=page_number, bbox=bbox)
 
 
 def _image_items(
@@ -214,6 +223,12 @@ def _image_items(
     """One item per distinct image: distinct by xref, and by bytes (one photo stored twice is one photo)."""
     by_digest: dict[str, _ImageUse] = {}
     for use in uses.values():
+        if use.width * use.height > settings.max_image_pixels:
+            logger.warning(
+                "%s: skipping image on page %d: %dx%d pixels exceeds the limit of %d",
+                path, use.page, use.width, use.height, settings.max_image_pixels,
+            )  # fmt: skip
+            continue
         try:
             digest = _image_digest(doc, use.xref)
         except Exception as exc:
@@ -226,16 +241,9 @@ def _image_items(
         for page_number in [use.page, *use.other_pages]:
             if page_number != first.page and page_number not in first.other_pages:
                 first.other_pages.append(page_number)
-    # The page pass (get_image_info) already decoded the images into MuPDF's cache, warnings and all; empty
-    # the cache so each decode below happens now and its damage warnings can be seen.
+    # Empty MuPDF's cache so each decode below happens now and its damage warnings can be seen.
     pymupdf.TOOLS.store_shrink(100)
     for digest, use in by_digest.items():
-        if use.width * use.height > settings.max_image_pixels:
-            logger.warning(
-                "%s: skipping image on page %d: %dx%d pixels exceeds the limit of %d",
-                path, use.page, use.width, use.height, settings.max_image_pixels,
-            )  # fmt: skip
-            continue
         try:
             image = _image_pixels(doc, use.xref)
         except Exception as exc:

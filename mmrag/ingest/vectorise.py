@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmrag.caption.base import Captioner, CaptionResult, OcrEngine
 from mmrag.embed.base import ImageEncoder, TextEncoder
+from mmrag.ingest.images import fit_for_model
 from mmrag.ingest.items import ExtractedItem, Modality
 from mmrag.store.captions import cached_captions, store_captions
 from mmrag.store.db import Database
@@ -102,7 +103,8 @@ class Vectoriser:
         engine_id = engine.captioner_id if stage == "caption" else engine.ocr_id  # type: ignore[union-attr]
         by_hash: dict[str, Image.Image] = {}
         for it in images:
-            by_hash.setdefault(it.extracted.content_hash, it.extracted.image)  # type: ignore[arg-type]
+            assert it.extracted.image is not None
+            by_hash.setdefault(it.extracted.content_hash, fit_for_model(it.extracted.image))
         results = {h: CaptionResult(text=t) for h, t in cached_captions(self.db, by_hash, engine_id).items()}
         todo = [h for h in by_hash if h not in results]
         for start in range(0, len(todo), self.caption_batch):

@@ -13,6 +13,7 @@ from PIL import Image
 from mmrag.caption.base import Captioner
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
+from mmrag.ingest.images import fit_for_model
 from mmrag.retrieve.calibration import Calibration, load_or_fit
 from mmrag.retrieve.fusion import calibrated_fusion, raw_score_merge, reciprocal_rank_fusion
 from mmrag.store.models import Document, Item
@@ -125,6 +126,10 @@ class Retriever:
             raise ValueError("a query needs text, an image, or both")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if self.collection.refresh():  # another process wrote: its items are searched too
+            self._calibration = None  # looked at again: refitted if the collection grew enough
+        if image is not None:
+            image = fit_for_model(image)
         # fuse deeper than k so items ranked lower in one list can still surface
         depth = max(depth or 0, k * 3, 30)
         lists = self.ranked_lists(text, image, depth, spaces)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,6 +33,21 @@ class Base(DeclarativeBase):
     pass
 
 
+class CollectionRow(Base):
+    """One row per collection: `generation` counts its writes (every transaction that changes its items
+    bumps it), so a process holding indexes in memory can tell in one query whether another process wrote;
+    `setup` is how the collection was built (spaces, models, roads), see mmrag.collection."""
+
+    __tablename__ = "collections"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    setup: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
 class Space(Base):
     """An embedding space of a collection and the model that defines it."""
 
@@ -49,7 +65,8 @@ class Document(Base):
 
     id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
     collection: Mapped[str] = mapped_column(String(64), index=True)
-    path: Mapped[str] = mapped_column(String(4096))
+    path: Mapped[str] = mapped_column(String(4096))  # printable: a name that is not UTF-8 has \xNN escapes
+    path_bytes: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # only for such names
     kind: Mapped[str] = mapped_column(String(16))
     content_hash: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
@@ -63,6 +80,11 @@ class Document(Base):
     items: Mapped[list[Item]] = relationship(
         back_populates="document", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @property
+    def fs_path(self) -> str:
+        """The path to open: the file system's own bytes where the printable path had to escape some."""
+        return os.fsdecode(self.path_bytes) if self.path_bytes is not None else self.path
 
 
 class Item(Base):

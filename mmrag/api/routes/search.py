@@ -20,7 +20,7 @@ from mmrag.api.deps import CollectionName, ServiceDep, existing_collection
 from mmrag.api.errors import ApiError, documented, from_validation_error
 from mmrag.api.schemas import AskRequest, AskResponse, HitOut, QueryFilters, QueryRequest, QueryResponse
 from mmrag.api.service import Filters, FoundItem, Service
-from mmrag.ingest.images import load_image
+from mmrag.ingest.images import load_model_image
 
 router = APIRouter(tags=["search"])
 M = TypeVar("M", bound=BaseModel)
@@ -122,7 +122,7 @@ async def _from_form(request: Request, model: type[M]) -> tuple[M, bytes | None]
 def decode_image(service: Service, data: bytes, operation: str) -> Image.Image:
     start = time.perf_counter()
     try:
-        return load_image(data, service.settings.ingest.max_image_pixels)
+        return load_model_image(data, service.settings.ingest.max_image_pixels)
     finally:
         service.metrics.stage(operation, "decode", time.perf_counter() - start)
 
