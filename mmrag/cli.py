@@ -12,11 +12,20 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
+from mmrag import __version__
 from mmrag.errors import MmragError
-from mmrag.settings import Settings, load_settings
+from mmrag.settings import Settings
 
 if TYPE_CHECKING:
     from mmrag.generate.answer import Answer
@@ -26,6 +35,7 @@ app = typer.Typer(
     help="Index and search your images, scans and PDFs.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: flags without metavars, and [extras] printed as written
 )
 err = Console(stderr=True, soft_wrap=True)  # paths in messages must survive intact for grep
 out = Console(soft_wrap=True)
@@ -34,18 +44,35 @@ out = Console(soft_wrap=True)
 class _State:
     """Global options, set by the callback before any command runs."""
 
-    config: Path | None = None
+    config: str | None = None
     overrides: ClassVar[dict[str, Any]] = {}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"mmrag {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
 def main(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML settings file, or a packaged profile by name (offline). A collection remembers the "
+            "setup it was built with: later commands on it need no --config.",
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Where indexes, database and thumbnails live.")
     ] = None,
     collection: Annotated[str | None, typer.Option(help="Collection to work on.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -61,8 +88,16 @@ def main(
         _State.overrides["collection"] = collection
 
 
-def _settings(**extra: Any) -> Settings:
-    return load_settings(_State.config, **_State.overrides, **extra)
+def _settings(needs_models: bool = True, **extra: Any) -> Settings:
+    """The command's settings: the collection's recorded setup under what was given explicitly, and on a
+    first run, settings whose models can load here (notes say what was chosen)."""
+    from mmrag.runtime import resolve_settings
+
+    settings, notes = resolve_settings(_State.config, {**_State.overrides, **extra}, needs_models)
+    for note in notes:
+        err.print("[yellow]note:[/] ", end="")
+        err.print(note, markup=False, highlight=False)
+    return settings
 
 
 def _fail(exc: Exception, code: int = 2) -> typer.Exit:
@@ -70,16 +105,29 @@ def _fail(exc: Exception, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _runtime(**extra: Any):  # type: ignore[no-untyped-def]
-    from mmrag.runtime import open_runtime
+def _runtime(needs_models: bool = True, needs_index: bool = False, **extra: Any):  # type: ignore[no-untyped-def]
+    """needs_index: the command reads what was indexed; on a data dir with nothing in it, it says so
+    (and creates nothing)."""
+    from mmrag.runtime import database_exists, open_runtime
+    from mmrag.settings import load_settings
 
-    settings = _settings(**extra)
-    rt = open_runtime(settings)
+    if needs_index:
+        given = load_settings(_State.config, **_State.overrides, **extra)
+        if not database_exists(given):
+            raise MmragError(_nothing_indexed(given))
+    rt = open_runtime(_settings(needs_models, **extra))
     for rep in rt.repairs:
         if rep.changed:
             what = "rebuilt" if rep.rebuilt else f"added {rep.added}, removed {rep.removed}"
             err.print(f"[yellow]repaired the {rep.space} index from the database:[/] {what}")
     return rt
+
+
+def _nothing_indexed(settings: Settings) -> str:
+    return (
+        f"nothing is indexed in collection {settings.collection!r} (data dir {settings.data_dir}): "
+        "run `mmrag index DIR` first"
+    )
 
 
 class _RichProgress:
@@ -100,7 +148,11 @@ class _RichProgress:
     def file_done(self, outcome: Any) -> None:
         self.progress.update(self.task, advance=1)
         if outcome.status == "failed":
-            self.progress.console.print(f"[red]failed[/] {outcome.path}: {outcome.reason}")
+            self.progress.console.print("[red]failed[/] ", end="")
+            self.progress.console.print(f"{outcome.path}: {outcome.reason}", markup=False, highlight=False)
+
+
+_LISTED_UNSUPPORTED = 10
 
 
 def _shown(path: str) -> str:
@@ -127,12 +179,17 @@ def index(
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a kill finishes like Ctrl-C: consistent state
     try:
         rt = _runtime(**({"ingest": {"road": road}} if road else {}))
+        from mmrag.runtime import record_setup
+
+        record_setup(rt)  # a collection's first run records how it is built; later runs follow it
         columns = [
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("files · {task.fields[items]} items · {task.fields[rate]}"),
             TimeElapsedColumn(),
+            TextColumn("· ETA"),
+            TimeRemainingColumn(),
         ]
         indexer = Indexer(rt.settings, rt.collection, rt.vectoriser())
         with rt.collection.writer(), Progress(*columns, console=err, transient=False) as progress:
@@ -146,7 +203,12 @@ def index(
         + (f", {report.pruned} pruned" if prune else "")
     )
     for failure in report.failed:
-        err.print(f"  [red]failed[/] {failure.path}: {failure.reason}")
+        err.print("  [red]failed[/] ", end="")
+        err.print(f"{failure.path}: {failure.reason}", markup=False, highlight=False)
+    for skipped in report.unsupported_files[:_LISTED_UNSUPPORTED]:
+        err.print(f"  not supported {skipped.path}: {skipped.reason}", markup=False, highlight=False)
+    if report.unsupported > _LISTED_UNSUPPORTED:
+        err.print(f"  ... and {report.unsupported - _LISTED_UNSUPPORTED} more not supported", markup=False)
     if report.interrupted:
         err.print("[yellow]interrupted:[/] what was committed is kept; run the same command again to finish")
         raise typer.Exit(130)
@@ -167,7 +229,7 @@ def query(
     if not text and image is None:
         raise _fail(ValueError("give a text query, --image PATH, or both"))
     try:
-        rt = _runtime()
+        rt = _runtime(needs_index=True)
         query_image = load_model_image(image, rt.settings.ingest.max_image_pixels) if image else None
         hits = rt.retriever().search(text, query_image, k)
         rt.close()
@@ -175,14 +237,43 @@ def query(
         raise _fail(exc) from None
     if as_json:
         out.print_json(json.dumps([h.to_dict() for h in hits]))
-        return
-    table = Table(title=f"{len(hits)} results")
-    for col in ("rank", "score", "modality", "source", "page", "found by"):
-        table.add_column(col, overflow="fold")
+    elif out.is_terminal:
+        out.print(_hits_table(hits, title=f"{len(hits)} results for {_query_label(text, image)}"))
+    else:  # piped: one tab-separated line per hit, never wrapped (for grep, cut, less)
+        print("rank\tscore\tmodality\tsource\tpage\tmatch")
+        for rank, h in enumerate(hits, start=1):
+            print(f"{rank}\t{h.score:.4f}\t{h.modality}\t{_shown(h.path)}\t{h.page or ''}\t{snippet(h.text)}")
+
+
+def snippet(text: str | None, limit: int = 120) -> str:
+    """A hit's text (a chunk, or an image's caption and OCR text) on one line, cut at a word."""
+    flat = " ".join((text or "").split())
+    if len(flat) <= limit:
+        return flat
+    return flat[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _query_label(text: str | None, image: Path | None) -> str:
+    parts = [f"{text!r}"] if text else []
+    if image is not None:
+        parts.append(f"image {image.name}")
+    return " + ".join(parts)
+
+
+def _hits_table(hits: list[Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("score")
+    table.add_column("modality")
+    table.add_column("source", overflow="fold")
+    table.add_column("match", overflow="fold", ratio=1)
+    table.add_column("found by", overflow="fold")
     for rank, h in enumerate(hits, start=1):
-        found_by = ", ".join(f"{name}#{r} ({h.scores[name]:.3f})" for name, r in h.ranks.items())
-        table.add_row(str(rank), f"{h.score:.4f}", h.modality, _shown(h.path), str(h.page or ""), found_by)
-    out.print(table)
+        where = _shown(h.path) + (f" p.{h.page}" if h.page else "")
+        found_by = ", ".join(f"{name}#{r}" for name, r in h.ranks.items())
+        cells = (str(rank), f"{h.score:.3f}", h.modality, where, snippet(h.text), found_by)
+        table.add_row(*(Text(cell) for cell in cells))  # paths and text are data, never markup
+    return table
 
 
 _GENERATION_FAILED = 3  # `mmrag ask`: retrieval worked, the answer could not be generated
@@ -208,7 +299,7 @@ def ask(
     if not question.strip():
         raise _fail(ValueError("the question is empty"))
     try:
-        rt = _runtime()
+        rt = _runtime(needs_index=True)
         query_image = load_model_image(image, rt.settings.ingest.max_image_pixels) if image else None
         answerer = Answerer.from_runtime(rt)
         if as_json or not stream:
@@ -270,7 +361,7 @@ def delete(
     from mmrag.ingest.pipeline import _is_under
 
     try:
-        rt = _runtime()
+        rt = _runtime(needs_models=False, needs_index=True)
         wanted = [printable_path(p.expanduser().resolve()) for p in paths]
         with rt.collection.writer():
             docs = [d for d in rt.collection.documents() if any(_is_under(d.path, w) for w in wanted)]
@@ -286,9 +377,11 @@ def delete(
 
 @app.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Counts of documents, items and index entries; failed files and why."""
+    """Counts of documents, items and index entries; failed files and why; how the collection was built."""
+    from mmrag.store.collections import read_setup
+
     try:
-        rt = _runtime()
+        rt = _runtime(needs_models=False, needs_index=True)
         docs = rt.collection.documents()
         with rt.db.session() as session:
             from sqlalchemy import func, select
@@ -318,6 +411,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                 }
                 for s, ix in rt.collection.indexes.items()
             },
+            "setup": read_setup(rt.db, rt.collection.name),
         }
         rt.close()
     except MmragError as exc:
@@ -333,8 +427,30 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             f"index {space}: {ix['count']} vectors, {ix['type']} on {ix['device']}, "
             f"{ix['model']} ({ix['dim']}-d)"
         )
+    if info["setup"]:
+        out.print("built with: " + _describe_setup(info["setup"]), markup=False, highlight=False)
     for f in info["failed"]:
-        out.print(f"  [red]failed[/] {f['path']}: {f['error']}")
+        out.print("  [red]failed[/] ", end="")
+        out.print(f"{f['path']}: {f['error']}", markup=False, highlight=False)
+
+
+def _describe_setup(setup: dict[str, Any]) -> str:
+    spaces = [
+        f"{space} space ({setup.get(f'models.{space}')})"
+        for space in ("clip", "text")
+        if setup.get(f"spaces.{space}")
+    ]
+    captioner = setup.get("caption.backend") or "none"
+    if setup.get("caption.model"):
+        captioner += f" {setup['caption.model']}"
+    answers = setup.get("generate.backend") or "none"
+    if setup.get("generate.model") and answers != "none":
+        answers += f" {setup['generate.model']}"
+    return (
+        f"{', '.join(spaces)}; images by the {setup.get('ingest.road')} road; captioner {captioner}"
+        f"{' + OCR' if setup.get('caption.ocr') else ''}; chunks of {setup.get('ingest.chunk_words')} words; "
+        f"answers by {answers}"
+    )
 
 
 @app.command("eval")
@@ -350,7 +466,7 @@ def evaluate(
 
     try:
         queries = load_qrels(qrels)
-        rt = _runtime(**({"retrieve": {"fusion": fusion}} if fusion else {}))
+        rt = _runtime(needs_index=True, **({"retrieve": {"fusion": fusion}} if fusion else {}))
         retriever = rt.retriever()
         spaces = sorted({key.partition(".")[0] for key in rt.collection.indexes})
         rankings = [*spaces, *sorted(rt.collection.indexes)] if per_index else []
@@ -369,7 +485,9 @@ def evaluate(
 @app.command("make-eval-set")
 def make_eval_set(
     kind: Annotated[str, typer.Argument(help="photos | digits | lfw | gnuplot")],
-    folder: Annotated[Path, typer.Argument(help="Where to write the files and qrels.jsonl.")],
+    folder: Annotated[
+        Path, typer.Argument(help="Where to write the files and their qrels-KIND.jsonl (for `mmrag eval`).")
+    ],
 ) -> None:
     """Write a labelled evaluation set built from real data that ships with scikit-image/scikit-learn."""
     from mmrag.evaluation import datasets
@@ -405,7 +523,7 @@ def serve(
     except ImportError as exc:
         raise _fail(MmragError(f"the service needs its extras: pip install 'mmrag[serve]' ({exc})")) from None
     try:
-        settings = _settings()
+        settings = _settings()  # the default collection's recorded setup; on a first run, models that load
     except MmragError as exc:
         raise _fail(exc) from None
     if not settings.api.api_key_hashes:

@@ -103,6 +103,8 @@ class Collection:
         self.encoders = {enc.space: enc for enc in encoders}
         self.dir = settings.index_dir(self.name)
         self.indexes: dict[str, VectorIndex] = {}  # by index_key(space, modality)
+        self.dims: dict[str, int] = {}  # per space, from the collection's record (set by open)
+        self._unsaved: set[str] = set()  # index keys changed in memory since they were loaded or saved
         self.generation = 0  # the database generation the in-memory indexes hold
         # In-process writes and refreshes, one at a time: a refresh must never add an item that a write
         # of this process has committed but not yet added to its index.
@@ -123,10 +125,10 @@ class Collection:
         trusted = self._saved_generation() == db_generation
         reports = []
         for space, encoder in self.encoders.items():
-            self._check_space(space, encoder.model_id, encoder.dim)
+            dim = self._check_space(space, encoder)
             on_disk = {p.name.partition(".")[2] for p in self.dir.glob(f"{space}.*") if p.is_dir()}
             for modality in sorted(on_disk | self._db_modalities(space)):
-                reports.append(self._load_and_repair(space, modality, encoder.model_id, encoder.dim, trusted))
+                reports.append(self._load_and_repair(space, modality, encoder.model_id, dim, trusted))
         self.generation = db_generation
         if any(report.changed for report in reports):
             self.save_if_unlocked()
@@ -211,22 +213,34 @@ class Collection:
     def _index_for(self, space: str, modality: str) -> VectorIndex:
         key = index_key(space, modality)
         if key not in self.indexes:
-            enc = self.encoders[space]
-            self.indexes[key] = VectorIndex.create(key, enc.model_id, enc.dim, self.settings.index)
+            model_id = self.encoders[space].model_id
+            self.indexes[key] = VectorIndex.create(key, model_id, self.dims[space], self.settings.index)
+            self._unsaved.add(key)
         return self.indexes[key]
 
-    def _check_space(self, space: str, model_id: str, dim: int) -> None:
+    def _check_space(self, space: str, encoder: TextEncoder) -> int:
+        """The space's dimension, from the collection's record: the model is loaded only to build a new
+        space (commands that embed nothing load no model). A collection built with another model is
+        refused with both names."""
         with self.db.session() as session:
             row = session.get(Space, (self.name, space))
-            if row is None:
-                session.add(Space(collection=self.name, name=space, model_id=model_id, dim=dim))
-            elif row.model_id != model_id or row.dim != dim:
+            if row is not None and row.model_id != encoder.model_id:
                 raise ModelMismatchError(
                     f"collection {self.name!r} ({space} space) was built with model {row.model_id} "
-                    f"(dim {row.dim}); the configured model is {model_id} (dim {dim}). Configure the model "
+                    f"(dim {row.dim}); the configured model is {encoder.model_id}. Configure the model "
                     "the collection was built with, or index into another collection (--collection) or "
                     "data dir."
                 )
+            dim = row.dim if row is not None else None
+        if dim is None:
+            dim = encoder.dim
+            try:
+                with self.db.session() as session:
+                    session.add(Space(collection=self.name, name=space, model_id=encoder.model_id, dim=dim))
+            except IntegrityError:  # another process recorded it meanwhile: its record is checked next time
+                pass
+        self.dims[space] = dim
+        return dim
 
     def _load_and_repair(
         self, space: str, modality: str, model_id: str, dim: int, trusted: bool = False
@@ -248,6 +262,7 @@ class Collection:
             return report
         if index is None:
             index = VectorIndex.create(key, model_id, dim, self.settings.index)
+            self._unsaved.add(key)
         self.indexes[key] = index
         self._repair(index, report, space, modality)
         if report.changed and not report.rebuilt:
@@ -270,6 +285,8 @@ class Collection:
                 if found.size:
                     index.add(found, vectors)
                 report.added += int(found.size)
+        if report.changed:
+            self._unsaved.add(report.space)
         return report
 
     def optimise(self) -> list[str]:
@@ -281,8 +298,9 @@ class Collection:
             if is_flat == (len(index) >= threshold):
                 space, _, modality = key.partition(".")
                 ids = self._db_ids(space, modality)
-                index.rebuild(*self._db_vectors(space, ids, self.encoders[space].dim))
+                index.rebuild(*self._db_vectors(space, ids, self.dims[space]))
                 rebuilt.append(key)
+                self._unsaved.add(key)
         return rebuilt
 
     def save_if_unlocked(self) -> None:
@@ -446,6 +464,7 @@ class Collection:
         for (space, modality), pairs in grouped.items():
             ids = np.asarray([p[0] for p in pairs], dtype=np.int64)
             self._index_for(space, modality).add(ids, np.stack([p[1] for p in pairs]))
+            self._unsaved.add(index_key(space, modality))
         return doc_id, generation
 
     def record_failure(
@@ -511,8 +530,9 @@ class Collection:
     def _unindex(self, item_ids: Sequence[int]) -> None:
         if item_ids:
             arr = np.asarray(item_ids, dtype=np.int64)
-            for index in self.indexes.values():
-                index.remove(arr)
+            for key, index in self.indexes.items():
+                if index.remove(arr):
+                    self._unsaved.add(key)
 
     def save(self) -> None:
         """Save every index, then the generation they hold. Indexes saved by another process at a newer
@@ -526,12 +546,14 @@ class Collection:
                     self.name, generation, saved,
                 )  # fmt: skip
                 return
-            for key, index in list(self.indexes.items()):
-                index.save(self.dir / key)
-            state = self.dir / STATE_FILE
-            tmp = state.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"generation": generation}))
-            os.replace(tmp, state)
+            for key in sorted(self._unsaved):  # an unchanged index is not written again (1M items: 2 GB)
+                self.indexes[key].save(self.dir / key)
+            self._unsaved.clear()
+            if saved != generation:
+                state = self.dir / STATE_FILE
+                tmp = state.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps({"generation": generation}))
+                os.replace(tmp, state)
 
     # ---- reads ----------------------------------------------------------------------------------------
 

@@ -155,6 +155,7 @@ class ApiSettings(_Section):
     # Server-side folder ingest (POST /v1/collections/{c}/folders) only under these folders; empty = off.
     allowed_roots: list[Path] = Field(default_factory=list)
     workers: int = Field(4, ge=1, le=256)  # threads for model inference and FAISS searches
+    preload_models: bool = False  # load model weights at start (deployments) rather than on first use
     cors_origins: list[str] = Field(default_factory=list)
 
     @field_validator("api_key_hashes")
@@ -243,14 +244,33 @@ def _yaml_layer(path: Path | None):  # type: ignore[no-untyped-def]
         _yaml_file.reset(token)
 
 
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+def profile_names() -> list[str]:
+    """Settings files that ship with mmrag, usable by name: `--config offline`."""
+    return sorted(path.stem for path in PROFILES_DIR.glob("*.yaml"))
+
+
+def config_path(config: Path | str) -> Path:
+    """A YAML file's path, or the packaged profile of that name (`offline`), from any working directory."""
+    path = Path(config).expanduser()
+    if path.is_file():
+        return path
+    if str(config) in profile_names():
+        return PROFILES_DIR / f"{config}.yaml"
+    raise ConfigError(
+        f"config file not found: {path} (the packaged profiles, usable by name: {', '.join(profile_names())})"
+    )
+
+
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
-    """Build Settings from an optional YAML file (argument, else $MMRAG_CONFIG), env and overrides."""
+    """Build Settings from an optional YAML file or profile name (argument, else $MMRAG_CONFIG), env and
+    overrides."""
     from pydantic import ValidationError
 
     raw = config or os.environ.get("MMRAG_CONFIG") or None
-    path = Path(raw).expanduser() if raw else None
-    if path is not None and not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    path = config_path(raw) if raw else None
     try:
         with _yaml_layer(path):
             return Settings(**overrides)

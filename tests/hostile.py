@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pymupdf
 from PIL import Image
 
+from mmrag.ingest.mupdf import pymupdf
 from tests.realdata import PHOTO_DESCRIPTIONS, photo_bytes, photo_image
 
 # Settings the driver indexes with: limits small enough to be crossed by files a test can write quickly.

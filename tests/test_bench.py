@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pymupdf
 import pytest
 import skimage.data
 from PIL import Image
@@ -19,6 +18,7 @@ from bench.plot import plot_results
 from bench.query import ITEMS_PER_DOCUMENT, fill_database, query_texts, random_unit_vectors
 from bench.run import parse_args
 from mmrag.collection import Collection
+from mmrag.ingest.mupdf import pymupdf
 from mmrag.settings import load_settings
 from mmrag.store.db import Database
 

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pymupdf
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from mmrag.ingest.mupdf import pymupdf
 from tests.conftest import tiny_clip_env
 from tests.realdata import write_markdown, write_pdf_with_photos, write_photos
 

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pymupdf
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine, inspect, text
 
 from mmrag.collection import Collection, NewItem
 from mmrag.embed.clip import ClipEmbedder
+from mmrag.ingest.mupdf import pymupdf
 from mmrag.ingest.pipeline import Indexer
 from mmrag.runtime import open_runtime
 from mmrag.settings import Settings

@@ -385,3 +385,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     detail: str | None = None
+    models: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Model id -> loaded (weights load on the first request that needs them)",
+    )

@@ -111,7 +111,8 @@ class Service:
     # ---- start and stop -------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Database, models (weights loaded now, not on the first request), the default collection."""
+        """Database and the default collection: ready to answer. Model weights load on the first request
+        that needs them (api.preload_models: at start)."""
         from mmrag.caption.factory import build_captioner, build_ocr
         from mmrag.runtime import build_encoders
 
@@ -120,13 +121,14 @@ class Service:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             self.db = Database(settings.db_url)
             self.clip, self.text = build_encoders(settings)
-            for encoder in self.encoders:
-                encoder.load()  # type: ignore[attr-defined]
             self.captioner = build_captioner(settings)
             self.ocr = build_ocr(settings)
             handle = self.handle(settings.collection, create=True)
             assert handle is not None
-            self.warm_calibration(handle)
+            if settings.api.preload_models:  # else the first request that needs a model loads it
+                for encoder in self.encoders:
+                    encoder.load()  # type: ignore[attr-defined]
+                self.warm_calibration(handle)
             from mmrag.api.jobs import IngestWorker, JobStore
 
             self.job_store = JobStore(self.db)
@@ -171,6 +173,15 @@ class Service:
         """Run blocking work (models, FAISS, database, files) on the pool, off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, partial(fn, *args, **kwargs))
+
+    def loaded_models(self) -> dict[str, bool]:
+        """Model id -> whether its weights are in memory (for /ready)."""
+        models = [*self.encoders, self.captioner, self.ocr]
+        return {
+            getattr(m, "model_id", None) or getattr(m, "captioner_id", None) or m.ocr_id: bool(m.loaded)
+            for m in models
+            if m is not None and hasattr(m, "loaded")
+        }
 
     # ---- collections ------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from mmrag.registry import (
+    canonical_clip_id,
     create_clip,
     parse_clip_id,
     register_model_configs,
@@ -30,10 +31,9 @@ class ClipEmbedder:
     space = "clip"
 
     def __init__(self, settings: ModelSettings) -> None:
-        register_model_configs(settings.model_config_paths)
         self._settings = settings
-        self.spec = parse_clip_id(settings.clip)  # fails fast on unknown ids, before any loading
-        self.model_id = self.spec.model_id
+        # The id alone (no open_clip import): a command that embeds nothing never loads the library.
+        self.model_id = canonical_clip_id(settings.clip)
         self.batch_size = settings.batch_size
         self._lock = threading.Lock()
         self._model: Any = None
@@ -46,6 +46,8 @@ class ClipEmbedder:
         with self._lock:
             if self._model is not None:
                 return
+            register_model_configs(self._settings.model_config_paths)
+            self.spec = parse_clip_id(self._settings.clip)
             self.device = resolve_device(self._settings.device)
             precision = resolve_precision(self._settings.precision, self.device)
             self._model, self._preprocess, self._tokenizer = create_clip(
@@ -56,6 +58,10 @@ class ClipEmbedder:
             with torch.inference_mode():  # the architecture's output width, whatever its config calls it
                 probe = self._model.encode_text(self._tokenizer(["a"]).to(self.device))
             self._dim = int(probe.shape[-1])
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     @property
     def dim(self) -> int:

@@ -237,7 +237,7 @@ def outline_sections(pdf: Path) -> list[OutlineSection]:
     A section runs from its page to the page before the next entry starts (a heading in the middle of a
     page leaves that page to the next section); the last one runs to the end of the document.
     """
-    import pymupdf
+    from mmrag.ingest.mupdf import pymupdf
 
     doc = _open_outlined_pdf(pdf)
     try:
@@ -324,7 +324,7 @@ def build_pdf_sections_set(
 
 
 def _open_outlined_pdf(pdf: Path):  # type: ignore[no-untyped-def]
-    import pymupdf
+    from mmrag.ingest.mupdf import pymupdf
 
     try:
         doc = pymupdf.open(pdf)
@@ -341,7 +341,7 @@ def _open_outlined_pdf(pdf: Path):  # type: ignore[no-untyped-def]
 
 def _write_page_range(source: Path, target: Path, pages: Sequence[int]) -> None:
     """Write pages first..last of `source` to `target`, keeping the outline entries that start on them."""
-    import pymupdf
+    from mmrag.ingest.mupdf import pymupdf
 
     first, last = pages
     doc = _open_outlined_pdf(source)
@@ -416,7 +416,7 @@ def _write_figures_pdf(
     path: Path, photos: dict[str, _Photo], jpeg_of: dict[str, bytes]
 ) -> dict[str, list[int]]:
     """Write PDF_PAGES as a PDF; returns photo name -> the 1-based pages showing it."""
-    import pymupdf
+    from mmrag.ingest.mupdf import pymupdf
 
     pages_of: dict[str, list[int]] = {}
     doc = pymupdf.open()

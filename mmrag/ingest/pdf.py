@@ -20,20 +20,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pymupdf
 from PIL import Image
 
 from mmrag.errors import ExtractionError, MmragError
 from mmrag.ingest.images import WHITE
 from mmrag.ingest.items import BBox, ExtractedItem, Modality, sha256_bytes, sha256_text
+from mmrag.ingest.mupdf import pymupdf
 from mmrag.ingest.text import word_windows
 from mmrag.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
-
-# MuPDF prints every syntax complaint of every broken PDF to stderr; keep them in its warning buffer instead,
-# where they can be quoted in the error message for a PDF that cannot be read.
-pymupdf.TOOLS.mupdf_display_errors(False)
 
 _TEXT_BLOCK = 0
 _MAX_QUOTED_WARNINGS = 3

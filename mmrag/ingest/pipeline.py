@@ -27,7 +27,6 @@ from mmrag.ingest.discover import (
 )
 from mmrag.ingest.images import extract_image_file, fit_for_model, make_thumbnail
 from mmrag.ingest.items import ExtractedItem, FileKind, Modality
-from mmrag.ingest.pdf import extract_pdf
 from mmrag.ingest.text import extract_text_file
 from mmrag.ingest.vectorise import PendingItem, Vectoriser
 from mmrag.settings import Settings
@@ -51,6 +50,7 @@ class IndexReport:
     items: int = 0
     pruned: int = 0
     failed: list[FileOutcome] = field(default_factory=list)
+    unsupported_files: list[FileOutcome] = field(default_factory=list)
     interrupted: bool = False
 
     @property
@@ -152,6 +152,7 @@ class Indexer:
             report.unchanged += 1
         elif outcome.status == "unsupported":
             report.unsupported += 1
+            report.unsupported_files.append(outcome)
         else:
             report.failed.append(outcome)
         self._progress.file_done(outcome)
@@ -197,6 +198,8 @@ class Indexer:
         if file.kind is FileKind.IMAGE:
             return extract_image_file(file.path, ingest)
         if file.kind is FileKind.PDF:
+            from mmrag.ingest.pdf import extract_pdf  # PyMuPDF loads in ~1 s: only when there is a PDF
+
             return extract_pdf(file.path, ingest)
         return extract_text_file(file.path, ingest)
 

@@ -7,7 +7,6 @@ import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
-import pymupdf
 from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
@@ -33,6 +32,7 @@ from mmrag.collection import CollectionLocked
 from mmrag.errors import ExtractionError
 from mmrag.ingest.discover import sniff_kind
 from mmrag.ingest.items import FileKind
+from mmrag.ingest.mupdf import pymupdf
 from mmrag.store.models import Document, Item
 
 router = APIRouter(tags=["documents"])

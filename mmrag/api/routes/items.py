@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import pymupdf
 from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
@@ -15,6 +14,7 @@ from mmrag.api.errors import ApiError, documented
 from mmrag.api.schemas import ItemOut
 from mmrag.api.service import Service
 from mmrag.ingest.images import thumbnail_format
+from mmrag.ingest.mupdf import pymupdf
 from mmrag.store.models import Document, Item
 
 router = APIRouter(tags=["items"])
