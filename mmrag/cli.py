@@ -410,7 +410,7 @@ def serve(
     host, port = host or settings.api.host, port or settings.api.port
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     url = escape(f"http://{shown}:{port}/")
-    err.print(f"web page: [bold]{url}[/] (search, ask, add files); API docs at {url}docs")
+    err.print(f"web page: [bold]{url}[/]  (API docs: /docs)")
     uvicorn.run(
         create_app(settings),
         host=host,
