@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -528,10 +529,14 @@ def serve(
         raise _fail(exc) from None
     if not settings.api.api_key_hashes:
         err.print("[yellow]no API keys configured (api.api_key_hashes):[/] every client is let in")
+    host, port = host or settings.api.host, port or settings.api.port
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    url = escape(f"http://{shown}:{port}/")
+    err.print(f"web page: [bold]{url}[/]  (API docs: /docs)")
     uvicorn.run(
         create_app(settings),
-        host=host or settings.api.host,
-        port=port or settings.api.port,
+        host=host,
+        port=port,
         log_level="info",
         timeout_graceful_shutdown=30,
     )

@@ -178,6 +178,71 @@ def test_pdf_upload_job_query_ask_delete(client: httpx.Client, server: RunningSe
     _delete_and_check(client, server, collection, entry["document_id"], hit["item_id"])
 
 
+def test_the_pdf_page_of_an_item_with_where_the_item_is(client: httpx.Client, tmp_path: Path) -> None:
+    """GET /v1/items/{id}/page: the whole page as PNG, its size and the item's box in points, on the page as
+    shown (a turned page included)."""
+    import numpy as np
+    import pymupdf
+
+    collection = "pages"
+    flat = tmp_path / "flat.pdf"
+    write_pdf_with_photos(flat, [["rocket", "coffee"], ["chelsea"]])
+    turned = tmp_path / "turned.pdf"
+    with pymupdf.open(flat) as doc:
+        doc[1].set_rotation(90)  # shown a quarter turn clockwise
+        doc.save(turned)
+    job = ingest(
+        client, collection, [(turned.name, turned.read_bytes()), ("cat.jpg", photo_bytes("chelsea"))]
+    )
+    pdf_id = job["by_name"]["turned.pdf"]["document_id"]
+
+    def page_of(photo: str) -> tuple[httpx.Response, Image.Image, list[float]]:
+        only_pdf = {"document_ids": [pdf_id], "modality": ["image"]}
+        hit = _top(image_query(client, collection, photo_bytes(photo), k=1, filters=only_pdf))
+        response = client.get(f"/v1/items/{hit['item_id']}/page")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/png"
+        box = [float(v) for v in response.headers["x-item-box"].split(",")]
+        return response, Image.open(io.BytesIO(response.content)).convert("RGB"), box
+
+    def difference(shown: Image.Image, box: list[float], scale: float, expected: Image.Image) -> float:
+        crop = shown.crop(tuple(round(v * scale) for v in box)).resize((48, 48))
+        return float(np.abs(np.asarray(crop, float) - np.asarray(expected.resize((48, 48)), float)).mean())
+
+    response, shown, box = page_of("rocket")  # page 1, upright: the box is the bbox the item has
+    assert (response.headers["x-page-width"], response.headers["x-page-height"]) == ("595", "842")
+    assert box == pytest.approx(photo_rect(0), abs=0.5)
+    scale = shown.width / 595
+    assert shown.height == pytest.approx(842 * scale, abs=1)
+    rocket, coffee = (
+        Image.open(io.BytesIO(photo_bytes("rocket"))),
+        Image.open(io.BytesIO(photo_bytes("coffee"))),
+    )
+    assert difference(shown, box, scale, rocket) < 0.5 * difference(shown, box, scale, coffee)
+
+    response, shown, box = page_of("chelsea")  # page 2, turned: the box follows the photo
+    assert (response.headers["x-page-width"], response.headers["x-page-height"]) == ("842", "595")
+    x0, y0, x1, y1 = photo_rect(0)
+    assert box == pytest.approx([842 - y1, x0, 842 - y0, x1], abs=0.5)
+    cat = Image.open(io.BytesIO(photo_bytes("chelsea")))
+    scale = shown.width / 842
+    turned_cat = cat.resize((round(x1 - x0), round(y1 - y0))).transpose(Image.Transpose.ROTATE_270)
+    assert difference(shown, box, scale, turned_cat) < 0.5 * difference(shown, box, scale, cat)
+
+    big = client.get(
+        f"/v1/items/{_top(image_query(client, collection, photo_bytes('rocket')))['item_id']}/page",
+        params={"dpi": 144},
+    )
+    assert Image.open(io.BytesIO(big.content)).width == 2 * 595
+    photo_item = job["by_name"]["cat.jpg"]["document_id"]
+    photo_hits = image_query(
+        client, collection, photo_bytes("chelsea"), k=1, filters={"document_ids": [photo_item]}
+    )
+    not_on_a_page = client.get(f"/v1/items/{_top(photo_hits)['item_id']}/page")
+    assert not_on_a_page.status_code == 404 and "not on a PDF page" in not_on_a_page.json()["message"]
+    assert client.get("/v1/items/1/page", params={"dpi": 5}).status_code == 422
+
+
 def test_markdown_upload_job_query_ask_delete(
     client: httpx.Client, server: RunningServer, tmp_path: Path
 ) -> None:
@@ -251,6 +316,7 @@ def test_every_v1_route_wants_a_valid_key(server: RunningServer) -> None:
         ("GET", "/v1/jobs/" + "0" * 32),
         ("GET", "/v1/items/1"),
         ("GET", "/v1/items/1/image"),
+        ("GET", "/v1/items/1/page"),
     ]
     documented = {
         (method.upper(), path)
@@ -268,10 +334,15 @@ def test_every_v1_route_wants_a_valid_key(server: RunningServer) -> None:
                 assert response.headers["www-authenticate"] == "Bearer"
     with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}) as bearer:
         assert bearer.get("/v1/collections").status_code == 200
-    with server.client() as anonymous:  # probes and the scraper need no key
+    with server.client() as anonymous:  # probes, the scraper and the web page need no key
         assert anonymous.get("/health").json() == {"status": "ok"}
         assert anonymous.get("/ready").json()["ready"] is True
         assert anonymous.get("/metrics").status_code == 200
+        page = anonymous.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in page.headers["content-security-policy"]  # retrieved text never runs
+        script = anonymous.get("/ui/app.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
 
 
 def test_corrupt_files_are_reported_in_the_job(client: httpx.Client) -> None:

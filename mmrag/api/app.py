@@ -24,6 +24,7 @@ from mmrag.api.metrics import RequestMetrics
 from mmrag.api.routes import documents, health, items, jobs, search
 from mmrag.api.schemas import AskRequest, QueryRequest
 from mmrag.api.service import Service
+from mmrag.api.web import install_web_page
 from mmrag.settings import Settings
 
 DESCRIPTION = """Index your images, scans, PDFs and text files and search them with text or images.
@@ -61,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         v1.include_router(module.router)
         templates.update({id(route): "/v1" + route.path for route in module.router.routes})  # type: ignore[attr-defined]
     app.include_router(v1)
+    install_web_page(app)  # `/`: search, ask and add files in a browser, through /v1
 
     if settings.api.cors_origins:
         app.add_middleware(

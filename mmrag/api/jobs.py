@@ -2,10 +2,11 @@
 worker thread with the same Indexer the CLI uses.
 
 A job is one Indexer.run over the files of an upload (or a server-side folder). Its status, counts and
-per-file outcomes (with the reason of every failure) are written back to its row, so they survive a
-restart; a job still queued or running when the service stopped is run again when it starts (files already
-committed are then reported as unchanged). Jobs run one at a time: model inference is the bottleneck and
-one collection's writes are serialised anyway; queries keep running on the service's pool meanwhile.
+per-file outcomes (with the reason of every failure) are written back to its row as files finish (the web
+page shows per-file progress from them) and when it ends, so they survive a restart; a job still queued or
+running when the service stopped is run again when it starts (files already committed are then reported as
+unchanged). Jobs run one at a time: model inference is the bottleneck and one collection's writes are
+serialised anyway; queries keep running on the service's pool meanwhile.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,8 @@ UNFINISHED = ("queued", "running")
 _LOCK_WAIT_STEP_S = 2.0  # how often a job waiting for the write lock looks at the service stopping
 # Vectoriser.seconds keys -> the stage names of the metrics
 _STAGE_OF = {"embed_clip": "embed", "embed_text": "embed", "caption": "caption", "ocr": "ocr"}
+# A running job's row shows the files done so far (GET /v1/jobs/{id}), refreshed at most this often.
+_REPORT_EVERY_S = 1.0
 
 
 class JobStore:
@@ -85,17 +90,35 @@ class _ServiceStopping(Exception):
 
 
 class _JobProgress(NoProgress):
-    """Collects each file's outcome; asks the Indexer to stop at the next file when the service shuts down."""
+    """Collects each file's outcome and the items embedded so far, and hands them to `report` (at most once
+    a `_REPORT_EVERY_S`, so a big folder does not rewrite its job row per file); asks the Indexer to stop
+    at the next file when the service shuts down."""
 
-    def __init__(self, stopping: threading.Event) -> None:
+    def __init__(
+        self, stopping: threading.Event, report: Callable[[list[FileOutcome], int], None] | None = None
+    ) -> None:
         self.stopping = stopping
+        self.report = report
         self.outcomes: list[FileOutcome] = []
+        self.embedded = 0  # items with their vectors, committed or not: moves while a batch is open
+        self._reported_at = 0.0
+
+    def items_embedded(self, count: int) -> None:
+        self.embedded += count
+        self._maybe_report()
 
     def file_done(self, outcome: FileOutcome) -> None:
         self.outcomes.append(outcome)
+        self._maybe_report()
         if self.stopping.is_set():
             # Indexer.run's own Ctrl-C path: drop uncommitted files, save the indexes, report "interrupted".
             raise KeyboardInterrupt
+
+    def _maybe_report(self) -> None:
+        now = time.monotonic()
+        if self.report is not None and now - self._reported_at >= _REPORT_EVERY_S:
+            self._reported_at = now
+            self.report(list(self.outcomes), self.embedded)
 
 
 class IngestWorker:
@@ -137,21 +160,18 @@ class IngestWorker:
         if job is None or job.status not in UNFINISHED:
             return
         metrics = self.service.metrics
-        progress = _JobProgress(self._stopping)
+        progress = _JobProgress(self._stopping, partial(self._report_progress, job))
         vectoriser: Vectoriser | None = None
         metrics.jobs_running.inc()
         try:
             vectoriser, interrupted = self._index(job, progress)
             if interrupted:
-                self.store.update(job_id, status="queued", started_at=None)
+                self.store.update(job_id, status="queued", started_at=None, files=[], counts={})
                 return
             files = self._file_reports(job, progress.outcomes)
-            counts: dict[str, int] = defaultdict(int)
             for entry in files:
-                counts[entry["status"]] += 1
-                counts["items"] += entry["items"]
                 metrics.files.labels(status=entry["status"]).inc()
-            self.store.update(job_id, status="done", counts=dict(counts), files=files, finished_at=utcnow())
+            self.store.update(job_id, status="done", counts=_counts(files), files=files, finished_at=utcnow())
             metrics.jobs.labels(status="done").inc()
         except MmragError as exc:
             self._failed(job_id, str(exc), progress)
@@ -225,6 +245,13 @@ class IngestWorker:
             ):
                 doc.meta = dict(metadata)
 
+    def _report_progress(self, job: Job, outcomes: list[FileOutcome], embedded: int) -> None:
+        try:
+            files = self._file_reports(job, outcomes)
+            self.store.update(job.id, files=files, counts={**_counts(files), "items_embedded": embedded})
+        except Exception:  # progress is for the eyes; the job itself goes on, and its end is recorded
+            log.warning("job %s: could not record progress", job.id, exc_info=True)
+
     def _file_reports(self, job: Job, outcomes: list[FileOutcome]) -> list[dict[str, Any]]:
         names = {str(Path(entry["path"]).resolve()): entry.get("name") for entry in job.inputs}
         with self.store.db.session() as session:
@@ -251,3 +278,11 @@ class IngestWorker:
         files = self._file_reports(job, progress.outcomes) if job is not None else []
         self.store.update(job_id, status="failed", error=error, files=files, finished_at=utcnow())
         self.service.metrics.jobs.labels(status="failed").inc()
+
+
+def _counts(files: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for entry in files:
+        counts[entry["status"]] += 1
+        counts["items"] += entry["items"]
+    return dict(counts)

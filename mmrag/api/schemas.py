@@ -144,7 +144,8 @@ class JobStatus(BaseModel):
     kind: Literal["upload", "folder"]
     status: Literal["queued", "running", "done", "failed"]
     counts: dict[str, int] = Field(
-        description="Files per outcome (indexed, unchanged, failed, unsupported), items"
+        description="Files per outcome (indexed, unchanged, failed, unsupported), items; while the job runs, "
+        "also items_embedded (items with their vectors, committed or not)"
     )
     files: list[JobFile]
     error: str | None = Field(None, description="Why the job as a whole failed")

@@ -129,3 +129,71 @@ def _pdf_region(path: Path, page_number: int, bbox: list[float] | None) -> bytes
             return page.get_pixmap(dpi=_PDF_CROP_DPI, clip=clip).tobytes("png")
     except Exception as exc:
         raise ApiError(404, "not_found", f"the PDF page of this item cannot be rendered: {exc}") from None
+
+
+_PAGE_HEADERS = {
+    "X-Page-Width": {
+        "description": "The page's width in PDF points, as rendered (rotation applied)",
+        "schema": {"type": "number"},
+    },
+    "X-Page-Height": {
+        "description": "The page's height in PDF points, as rendered",
+        "schema": {"type": "number"},
+    },
+    "X-Item-Box": {
+        "description": "The item's bounding box on the rendered page, 'x0,y0,x1,y1' in points from its top "
+        "left corner (scale by the image's size / X-Page-Width); absent when the item has none",
+        "schema": {"type": "string"},
+    },
+}
+_MAX_PAGE_PIXELS = 16_000_000  # a poster-sized page is rendered at a lower resolution instead
+
+
+@router.get(
+    "/items/{item_id}/page",
+    summary="The whole PDF page an item is on, as PNG, with where the item sits on it",
+    description="For items of PDFs (text chunks, embedded images, rendered pages). The headers give the "
+    "page size and the item's box in points, so a client can draw the box over the picture.",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The rendered page",
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": _PAGE_HEADERS,
+        },
+        **documented(401, 404, 422, 503),
+    },
+)
+async def get_item_page(
+    item_id: ItemId,
+    service: ServiceDep,
+    dpi: Annotated[int, Query(ge=36, le=300, description="Resolution of the rendering")] = 110,
+) -> Response:
+    return await service.run(_page, service, item_id, dpi)
+
+
+def _page(service: Service, item_id: int, dpi: int) -> Response:
+    item, doc = _load(service, item_id)
+    if doc.kind != "pdf" or not item.page:
+        raise ApiError(404, "not_found", f"item {item_id} is not on a PDF page")
+    source = Path(doc.path)
+    if not source.is_file():
+        raise ApiError(
+            404, "not_found", f"the source file of item {item_id} is gone: {service.public_path(doc.path)}"
+        )
+    try:
+        with pymupdf.open(source, filetype="pdf") as pdf:
+            page = pdf[item.page - 1]
+            rect = page.rect
+            zoom = min(dpi / 72, (_MAX_PAGE_PIXELS / max(rect.width * rect.height, 1.0)) ** 0.5)
+            png = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom)).tobytes("png")
+            # Extracted boxes are in the unrotated page's coordinates; the picture is the rotated page.
+            box = pymupdf.Rect(item.bbox) * page.rotation_matrix if item.bbox else None
+    except Exception as exc:
+        raise ApiError(
+            404, "not_found", f"page {item.page} of this item's PDF cannot be rendered: {exc}"
+        ) from None
+    headers = {"X-Page-Width": f"{rect.width:g}", "X-Page-Height": f"{rect.height:g}"}
+    if box is not None:
+        headers["X-Item-Box"] = ",".join(f"{v:.2f}" for v in (box.x0, box.y0, box.x1, box.y1))
+    return Response(png, media_type="image/png", headers=headers)

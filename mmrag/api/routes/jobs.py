@@ -17,6 +17,7 @@ router = APIRouter(tags=["jobs"])
     "/jobs/{job_id}",
     response_model=JobStatus,
     summary="An ingest job's status",
+    description="While the job runs, `files` and `counts` cover the files finished so far.",
     responses=documented(401, 404, 422, 503),
 )
 async def get_job(
