@@ -23,6 +23,7 @@ Prints the tables of the README section "Near-duplicate images" and writes bench
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -88,7 +89,9 @@ def _rgb(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
+@functools.cache
 def load_source(name: str) -> Image.Image:
+    """The picture `name` as RGB; cached and shared, so callers must not change it in place."""
     import skimage.data
 
     if name == "motorcycle_left":
@@ -250,10 +253,11 @@ def digit_samples(scale: int = 8) -> list[Sample]:
     ]
 
 
-def gnuplot_samples(pdf: Path, dpi: int = GNUPLOT_DPI) -> list[Sample]:
+def gnuplot_samples(pdf: Path, dpi: int = GNUPLOT_DPI, pages: int | None = None) -> list[Sample]:
+    """Every page (or the first `pages`) of the PDF rendered at `dpi`."""
     samples = []
     with pymupdf.open(pdf) as doc:
-        for index in range(doc.page_count):
+        for index in range(min(doc.page_count, pages or doc.page_count)):
             pixmap = doc.load_page(index).get_pixmap(dpi=dpi, alpha=False)
             image = Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
             samples.append(Sample(f"gnuplot/p{index + 1}", f"gnuplot/p{index + 1}", "gnuplot", "page", image))
