@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 FINGERPRINT_VERSION = "v1"
+FINGERPRINT_KEY = "fingerprint"  # where ingest keeps an image item's fingerprint text in its meta
 MIN_SIDE = 16  # pixels on the shorter side; below this, thumbnails of one photo stop agreeing
 _WORK_SIDE = 64
 _HASH_GRID = 32  # pHash: DCT of the 32x32 grey picture, its 8x8 lowest frequencies
@@ -115,6 +116,12 @@ def fingerprint(image: Image.Image, min_side: int = MIN_SIDE) -> Fingerprint | N
         width=width,
         height=height,
     )
+
+
+def fingerprint_meta(image: Image.Image) -> dict[str, str]:
+    """What ingest adds to an image item's meta: {"fingerprint": text}, or nothing for a tiny image."""
+    fp = fingerprint(image)
+    return {FINGERPRINT_KEY: fp.to_text()} if fp is not None else {}
 
 
 def _resized(

@@ -1,0 +1,176 @@
+"""Near-duplicate groups kept in the database: real photos as files and inside a PDF (read by extract_pdf),
+stored through Collection.replace_document, grouped one document at a time as ingest will, then folded in
+results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from mmrag.collection import Collection, NewItem
+from mmrag.ingest.dedup import FINGERPRINT_KEY, Fingerprint, fingerprint_meta
+from mmrag.ingest.images import extract_image_file, make_thumbnail
+from mmrag.ingest.items import ExtractedItem
+from mmrag.ingest.pdf import extract_pdf
+from mmrag.retrieve.duplicates import fold_duplicates, format_groups
+from mmrag.retrieve.search import Hit
+from mmrag.settings import IngestSettings, load_settings
+from mmrag.store.db import Database
+from mmrag.store.duplicates import (
+    ImageGroup,
+    assign_document_groups,
+    backfill_fingerprints,
+    duplicate_groups,
+    other_copies,
+    regroup,
+)
+from mmrag.store.models import Item
+from tests.realdata import photo_image, write_pdf_with_photos, write_photos
+
+NAME = "dups"
+
+
+def _new_item(extracted: ExtractedItem, thumbnail: str | None = None) -> NewItem:
+    assert extracted.image is not None
+    return NewItem(
+        modality=extracted.modality.value,
+        content_hash=extracted.content_hash,
+        page=extracted.page,
+        meta={**extracted.meta, **fingerprint_meta(extracted.image)},  # what ingest adds per image item
+        thumbnail=thumbnail,
+    )
+
+
+def _store(collection: Collection, path: Path, items: list[NewItem]) -> int:
+    doc_id = collection.replace_document(
+        path=str(path), kind=path.suffix[1:], content_hash=path.name, size=1, mtime=1.0, items=items
+    )
+    assign_document_groups(collection.db, collection.name, doc_id)
+    return doc_id
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> tuple[Collection, dict[str, int]]:
+    """astronaut.jpg, chelsea.jpg, report.pdf (coffee on p.1, astronaut on p.2), small/astronaut.png (a
+    half-size copy) and 12 handwritten digits as files (look-alikes that must stay apart)."""
+    settings = load_settings(None, data_dir=tmp_path / "data")
+    collection = Collection(settings, Database(settings.db_url), [], name=NAME)
+    ingest = IngestSettings()
+    files = write_photos(tmp_path / "photos", ["astronaut", "chelsea"])
+    pdf = tmp_path / "docs" / "report.pdf"
+    write_pdf_with_photos(pdf, [["coffee"], ["astronaut"]])
+    small = tmp_path / "small" / "astronaut.png"
+    small.parent.mkdir()
+    photo_image("astronaut").resize((256, 256), Image.Resampling.LANCZOS).save(small)
+    docs = {}
+    for path in (files["astronaut"], files["chelsea"], pdf, small):
+        extracted = extract_pdf(path, ingest) if path.suffix == ".pdf" else extract_image_file(path, ingest)
+        docs[path.name] = _store(collection, path, [_new_item(e) for e in extracted if e.image is not None])
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index in np.flatnonzero(digits.target == 3)[:12].tolist():
+        path = tmp_path / "digits" / f"three-{index}.png"
+        path.parent.mkdir(exist_ok=True)
+        grey = np.rint(digits.images[index] * 255 / 16).astype(np.uint8)
+        Image.fromarray(grey).resize((64, 64), Image.Resampling.NEAREST).save(path)
+        _store(collection, path, [_new_item(e) for e in extract_image_file(path, ingest)])
+    return collection, docs
+
+
+def _item_ids(collection: Collection, doc_id: int) -> list[int]:
+    with collection.db.session() as session:
+        return list(session.scalars(select(Item.id).where(Item.document_id == doc_id).order_by(Item.id)))
+
+
+def _hit(item_id: int, path: str) -> Hit:
+    return Hit(item_id, 1.0, "image", path, None, None, None, None)
+
+
+def test_copies_group_at_ingest_and_look_alikes_do_not(library: tuple[Collection, dict[str, int]]) -> None:
+    collection, _ = library
+    groups = duplicate_groups(collection.db, NAME)
+    assert [[location.label() for location in group] for group in groups] == [
+        ["astronaut.jpg", "report.pdf p.2", "astronaut.png"]
+    ]
+    text = format_groups(groups)
+    assert "1 groups of near-duplicate images, 3 images" in text
+    assert "= " in text and "report.pdf p.2  [512x512]" in text and "astronaut.png  [256x256]" in text
+    assert format_groups([]) == "no near-duplicate images"
+
+
+def test_results_show_each_picture_once_with_its_other_copies(
+    library: tuple[Collection, dict[str, int]],
+) -> None:
+    collection, docs = library
+    [small_id] = _item_ids(collection, docs["astronaut.png"])
+    [photo_id] = _item_ids(collection, docs["astronaut.jpg"])
+    [cat_id] = _item_ids(collection, docs["chelsea.jpg"])
+    hits = [_hit(small_id, "astronaut.png"), _hit(cat_id, "chelsea.jpg"), _hit(photo_id, "astronaut.jpg")]
+    copies = other_copies(collection.db, NAME, [h.item_id for h in hits])
+    assert cat_id not in copies  # alone in its group
+    folded = fold_duplicates(hits, copies)
+    assert [f.hit.item_id for f in folded] == [small_id, cat_id]
+    assert folded[0].also_in_text() == "also in: astronaut.jpg, report.pdf p.2"
+    assert folded[1].also_in_text() == ""
+
+
+def test_deleting_and_replacing_documents_keeps_groups_consistent(
+    library: tuple[Collection, dict[str, int]], tmp_path: Path
+) -> None:
+    collection, docs = library
+    collection.delete_documents([docs["report.pdf"]])
+    assert [len(g) for g in duplicate_groups(collection.db, NAME)] == [2]  # its rows went with its items
+    # the small copy re-indexed (a changed file): new item ids, and it finds its group again
+    small = tmp_path / "small" / "astronaut.png"
+    photo_image("astronaut").resize((200, 200), Image.Resampling.LANCZOS).save(small)
+    new_id = _store(collection, small, [_new_item(e) for e in extract_image_file(small, IngestSettings())])
+    assert new_id == docs["astronaut.png"]
+    [group] = duplicate_groups(collection.db, NAME)
+    assert [loc.label() for loc in group] == ["astronaut.jpg", "astronaut.png"] and group[1].width == 200
+
+
+def test_regroup_and_backfill_from_thumbnails(
+    library: tuple[Collection, dict[str, int]], tmp_path: Path
+) -> None:
+    collection, _ = library
+    # an item indexed before fingerprints existed: only its thumbnail, as ingest writes it
+    data_dir = tmp_path / "data"
+    relative = "thumbnails/old-chelsea.webp"
+    (data_dir / "thumbnails").mkdir(parents=True, exist_ok=True)
+    (data_dir / relative).write_bytes(make_thumbnail(photo_image("chelsea"), 256))
+    old = tmp_path / "old" / "cat.jpg"
+    item = NewItem(modality="image", content_hash="old", thumbnail=relative)
+    collection.replace_document(
+        path=str(old), kind="image", content_hash="o", size=1, mtime=1.0, items=[item]
+    )
+    assert backfill_fingerprints(collection.db, NAME, data_dir) == 1
+    assert backfill_fingerprints(collection.db, NAME, data_dir) == 0  # written once
+    groups = regroup(collection.db, NAME)
+    assert sorted(len(g) for g in groups) == [2, 3]  # the chelsea pair joins the astronaut trio
+    labels = sorted(sorted(loc.label() for loc in g) for g in duplicate_groups(collection.db, NAME))
+    assert labels == [["astronaut.jpg", "astronaut.png", "report.pdf p.2"], ["cat.jpg", "chelsea.jpg"]]
+    with collection.db.session() as session:
+        rows = session.scalars(select(ImageGroup).where(ImageGroup.collection == NAME)).all()
+        assert len(rows) == 18  # every fingerprinted image has a row, grouped or not (12 of them digits)
+        stored = {r.item_id: r.phash % 2**64 for r in rows}  # 64-bit hashes, kept as signed integers
+        items = session.scalars(select(Item).where(Item.id.in_(stored))).all()
+        assert stored == {i.id: Fingerprint.from_text(i.meta[FINGERPRINT_KEY]).phash for i in items}
+        assert min(r.phash for r in rows) < 0  # the top bit (pHash's DC term) is set: beyond int64's range
+
+
+def test_an_unreadable_fingerprint_is_skipped(
+    library: tuple[Collection, dict[str, int]], tmp_path: Path
+) -> None:
+    collection, _ = library
+    bad = NewItem(modality="image", content_hash="bad", meta={FINGERPRINT_KEY: "v1:not-a-fingerprint"})
+    path = tmp_path / "bad.png"
+    doc_id = collection.replace_document(
+        path=str(path), kind="image", content_hash="b", size=1, mtime=1.0, items=[bad]
+    )
+    assert assign_document_groups(collection.db, NAME, doc_id) == {}
+    assert len(duplicate_groups(collection.db, NAME)) == 1
