@@ -440,7 +440,9 @@ def edit_report(names: Sequence[str], rule: DuplicateRule) -> dict[str, dict[str
     return report
 
 
-def size_limit_report(data: Fingerprinted, rule: DuplicateRule, sides: Sequence[int]) -> list[dict[str, Any]]:
+def size_limit_report(
+    data: Fingerprinted, rule: DuplicateRule, sides: Sequence[int], digits: int = 0
+) -> list[dict[str, Any]]:
     """At each candidate size limit: false pairs among the native 25x25 faces and 8x8 digits, and in the
     whole set; recall; how many photos' small thumbnails still match their original."""
     native = Fingerprinted.of(
@@ -448,6 +450,7 @@ def size_limit_report(data: Fingerprinted, rule: DuplicateRule, sides: Sequence[
         + [
             Sample(f"digits8/{i}", f"digits8/{i}", "digits", "native", image)
             for i, _, image in digit_images(1)
+            if not digits or i < digits
         ]
     )
     pair_index = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(data.left, data.right, strict=True))}
@@ -531,7 +534,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "groups": group_scores(data, rule, MIN_SIDE),
         "groups_single_linkage": group_scores(data, replace(rule, linkage="single"), MIN_SIDE),
         "grid": threshold_grid(data, rule),
-        "min_side_table": size_limit_report(data, rule, (8, 16, 24, 32, 48)),
+        "min_side_table": size_limit_report(data, rule, (8, 16, 24, 32, 48), args.digits),
         "margins": margins(data, rule),
         "edits": edit_report(names, rule),
     }

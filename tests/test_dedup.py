@@ -182,3 +182,23 @@ def test_fingerprint_of_a_pdf_image_matches_the_file(tmp_path: Path) -> None:
     file_fp = fingerprint(file_item.image)
     matches = [item.page for item in pdf_images if is_duplicate(file_fp, fingerprint(item.image))]  # type: ignore[arg-type]
     assert matches == [2]
+
+
+def test_bench_entry_point_writes_its_tables(tmp_path: Path) -> None:
+    """python -m bench.duplicates at toy size: two photos, 40 digits, no manual (the README's numbers come
+    from the full run)."""
+    import json
+
+    from bench.duplicates import main
+
+    out = tmp_path / "duplicates.json"
+    assert (
+        main(["--photos", "2", "--digits", "40", "--gnuplot", str(tmp_path / "none.pdf"), "--out", str(out)])
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["images"] == {"photo": 54, "synthetic": 5, "lfw": 200, "digits": 40}
+    assert result["pairwise"]["false_pairs"] == 0 and result["pairwise"]["true_pairs"] > 600
+    assert result["groups"]["pure_groups"] == result["groups"]["groups"] == 2
+    assert [row["min_side"] for row in result["min_side_table"]] == [8, 16, 24, 32, 48]
+    assert result["grid"][0]["change"] == "chosen" and "crop 5%" in result["edits"]

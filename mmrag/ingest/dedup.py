@@ -96,7 +96,7 @@ def fingerprint(image: Image.Image, min_side: int = MIN_SIDE) -> Fingerprint | N
     width, height = image.size
     if min(width, height) < min_side:
         return None
-    # Everything is read from one 64x64 working copy: a 24-megapixel photo costs ~35 ms, and every copy of a
+    # Everything is read from one 64x64 working copy: a 24-megapixel photo costs ~0.1 s, and every copy of a
     # picture, large or small, goes through the same last resampling steps.
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     work = rgb.resize((_WORK_SIDE, _WORK_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
