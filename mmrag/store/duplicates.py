@@ -6,9 +6,10 @@ fingerprinted item, its pHash (a first filter over the whole collection without 
 group id; it is derived data: `regroup` rebuilds it from the fingerprints. Rows go when their item goes
 (ON DELETE CASCADE); a group whose first member is deleted keeps its id, which is only a label.
 
-Groups grow one image at a time (`assign_groups`, after a document is committed): a new image joins the
-existing group whose members it all matches (the closest such group), else it starts a group of its own.
-Two existing groups are never merged by a newcomer: like complete linkage, no chain of look-alikes.
+Groups grow one image at a time (a `DuplicateGrouper` per ingest run, called after each document is
+committed): a new image joins the existing group whose members it all matches (the closest such group), else
+it starts a group of its own. Two existing groups are never merged by a newcomer: like complete linkage, no
+chain of look-alikes. `regroup` recomputes them all at once.
 """
 
 from __future__ import annotations
@@ -88,111 +89,140 @@ def fingerprint_of(item: Item) -> Fingerprint | None:
         return None
 
 
-@dataclass
 class _Known:
-    """The collection's grouped images, as arrays for the pHash filter, and fingerprints read on demand."""
+    """The collection's grouped images: pHashes in a growing array for the first filter, groups, and the
+    fingerprints of the candidates read so far."""
 
-    ids: list[int]
-    phashes: list[int]  # unsigned
-    group_of: dict[int, int]
-    members: dict[int, list[int]]
-    prints: dict[int, Fingerprint]
+    def __init__(self, rows: Sequence[tuple[int, int, int]]) -> None:
+        self._ids = np.array([r[0] for r in rows], dtype=np.int64)
+        self._hashes = np.array([r[1] % _BITS for r in rows], dtype=np.uint64)
+        self._count = len(rows)
+        self.group_of = {r[0]: r[2] for r in rows}
+        self.members: dict[int, list[int]] = defaultdict(list)
+        for item_id, _, group_id in rows:
+            self.members[group_id].append(item_id)
+        self.prints: dict[int, Fingerprint] = {}
+
+    def near(self, phash: int, max_hamming: int) -> list[int]:
+        distances = np.bitwise_count(self._hashes[: self._count] ^ np.uint64(phash))
+        return [int(i) for i in self._ids[: self._count][distances <= max_hamming] if int(i) in self.group_of]
 
     def add(self, item_id: int, fp: Fingerprint, group_id: int) -> None:
-        self.ids.append(item_id)
-        self.phashes.append(fp.phash)
+        if self._count == len(self._ids):  # grow by doubling: adding n images costs O(n) copies in all
+            size = max(16, 2 * self._count)
+            self._ids = np.resize(self._ids, size)
+            self._hashes = np.resize(self._hashes, size)
+        self._ids[self._count], self._hashes[self._count] = item_id, fp.phash
+        self._count += 1
         self.group_of[item_id] = group_id
         self.members[group_id].append(item_id)
         self.prints[item_id] = fp
 
-
-def _known(session: Session, collection: str) -> _Known:
-    rows = session.execute(
-        select(ImageGroup.item_id, ImageGroup.phash, ImageGroup.group_id).where(
-            ImageGroup.collection == collection
-        )
-    ).all()
-    members: dict[int, list[int]] = defaultdict(list)
-    for item_id, _, group_id in rows:
-        members[group_id].append(item_id)
-    return _Known(
-        ids=[r[0] for r in rows],
-        phashes=[r[1] % _BITS for r in rows],
-        group_of={r[0]: r[2] for r in rows},
-        members=members,
-        prints={},
-    )
+    def forget(self, item_id: int) -> None:
+        """An item deleted since the rows were read (a re-indexed file's old items): out of its group."""
+        group_id = self.group_of.pop(item_id, None)
+        if group_id is not None:
+            self.members[group_id].remove(item_id)
 
 
-def _load_prints(session: Session, known: _Known, ids: Iterable[int]) -> None:
-    missing = [i for i in ids if i not in known.prints]
-    if not missing:
-        return
-    for item in session.scalars(select(Item).where(Item.id.in_(missing))):
-        fp = fingerprint_of(item)
-        if fp is not None:
-            known.prints[item.id] = fp
+class DuplicateGrouper:
+    """Puts newly stored images into groups, one document at a time, for one ingest run.
 
+    The collection's rows are read once, on first use; items deleted during the run (a changed file's old
+    items) drop out of their groups when next met. Use it under the collection's writer lock, as ingest does.
+    """
 
-def _choose_group(session: Session, known: _Known, item_id: int, fp: Fingerprint, rule: DuplicateRule) -> int:
-    """The group this new image joins: all of whose members it matches, the closest one; else its own."""
-    if known.ids:
-        hashes = np.array(known.phashes, dtype=np.uint64)
-        near = np.flatnonzero(np.bitwise_count(hashes ^ np.uint64(fp.phash)) <= rule.max_hamming)
-        candidates = [known.ids[i] for i in near.tolist()]
-    else:
-        candidates = []
-    groups = {known.group_of[i] for i in candidates}
-    best: tuple[float, int] | None = None
-    for group_id in groups:
-        members = known.members[group_id]
-        _load_prints(session, known, members)
-        distances = [compare(fp, known.prints[m]) for m in members if m in known.prints]
-        if len(distances) != len(members) or not all(d.within(rule) for d in distances):
-            continue
-        closeness = float(np.mean([d.luma_rms for d in distances]))
-        if best is None or (closeness, group_id) < best:
-            best = (closeness, group_id)
-    return best[1] if best is not None else item_id
+    def __init__(self, db: Database, collection: str, rule: DuplicateRule | None = None) -> None:
+        self.db = db
+        self.collection = collection
+        self.rule = rule or DuplicateRule()
+        self._known: _Known | None = None
+
+    def assign_document(self, document_id: int) -> dict[int, int]:
+        """assign() for the items of one document (Collection.replace_document returns its id)."""
+        with self.db.session() as session:
+            ids = session.scalars(select(Item.id).where(Item.document_id == document_id)).all()
+        return self.assign(ids)
+
+    def assign(self, item_ids: Iterable[int]) -> dict[int, int]:
+        """item id -> group id for the given image items that have a fingerprint and no group yet: each joins
+        the existing group all of whose members it matches (the closest), else starts its own."""
+        wanted = sorted({int(i) for i in item_ids})
+        if not wanted:
+            return {}
+        assigned: dict[int, int] = {}
+        with self.db.session() as session:
+            if self._known is None:
+                rows = session.execute(
+                    select(ImageGroup.item_id, ImageGroup.phash, ImageGroup.group_id).where(
+                        ImageGroup.collection == self.collection
+                    )
+                ).all()
+                self._known = _Known([tuple(row) for row in rows])
+            known = self._known
+            # by primary key; collection and modality are checked here (see Collection.items_by_id)
+            for item in session.scalars(select(Item).where(Item.id.in_(wanted)).order_by(Item.id)).all():
+                if item.collection != self.collection or item.modality != _IMAGE or item.id in known.group_of:
+                    continue
+                fp = fingerprint_of(item)
+                if fp is None:
+                    continue
+                group_id = self._choose_group(session, known, item.id, fp)
+                known.add(item.id, fp, group_id)
+                session.add(
+                    ImageGroup(
+                        item_id=item.id,
+                        collection=self.collection,
+                        phash=_signed(fp.phash),
+                        group_id=group_id,
+                    )
+                )
+                assigned[item.id] = group_id
+        return assigned
+
+    def _choose_group(self, session: Session, known: _Known, item_id: int, fp: Fingerprint) -> int:
+        best: tuple[float, int] | None = None
+        for group_id in sorted({known.group_of[i] for i in known.near(fp.phash, self.rule.max_hamming)}):
+            self._refresh(session, known, list(known.members[group_id]))
+            members = known.members[group_id]  # without the members deleted since the rows were read
+            if not members:
+                continue
+            distances = [compare(fp, known.prints[m]) for m in members]
+            if not all(d.within(self.rule) for d in distances):
+                continue
+            closeness = float(np.mean([d.luma_rms for d in distances]))
+            if best is None or (closeness, group_id) < best:
+                best = (closeness, group_id)
+        return best[1] if best is not None else item_id
+
+    @staticmethod
+    def _refresh(session: Session, known: _Known, ids: list[int]) -> None:
+        """Forget the items among `ids` that are gone; read the fingerprints not read yet."""
+        existing = set(session.scalars(select(Item.id).where(Item.id.in_(ids))))
+        for item_id in set(ids) - existing:
+            known.forget(item_id)
+        unread = [i for i in existing if i not in known.prints]
+        if unread:
+            for item in session.scalars(select(Item).where(Item.id.in_(unread))):
+                fp = fingerprint_of(item)
+                if fp is None:
+                    known.forget(item.id)
+                else:
+                    known.prints[item.id] = fp
 
 
 def assign_groups(
     db: Database, collection: str, item_ids: Iterable[int], rule: DuplicateRule | None = None
 ) -> dict[int, int]:
-    """Group these (just committed) items: item id -> group id, for the image items with a fingerprint and
-    no group yet. Call it after each document is stored, under the collection's writer lock."""
-    rule = rule or DuplicateRule()
-    wanted = sorted({int(i) for i in item_ids})
-    if not wanted:
-        return {}
-    assigned: dict[int, int] = {}
-    with db.session() as session:
-        known = _known(session, collection)
-        new_items = session.scalars(
-            select(Item).where(Item.id.in_(wanted)).order_by(Item.id)
-        ).all()  # by primary key; the collection and modality are checked here (see Collection.items_by_id)
-        for item in new_items:
-            if item.collection != collection or item.modality != _IMAGE or item.id in known.group_of:
-                continue
-            fp = fingerprint_of(item)
-            if fp is None:
-                continue
-            group_id = _choose_group(session, known, item.id, fp, rule)
-            known.add(item.id, fp, group_id)
-            session.add(
-                ImageGroup(item_id=item.id, collection=collection, phash=_signed(fp.phash), group_id=group_id)
-            )
-            assigned[item.id] = group_id
-    return assigned
+    """DuplicateGrouper(...).assign(item_ids), once: for a single call outside an ingest run."""
+    return DuplicateGrouper(db, collection, rule).assign(item_ids)
 
 
 def assign_document_groups(
     db: Database, collection: str, document_id: int, rule: DuplicateRule | None = None
 ) -> dict[int, int]:
-    """assign_groups for the items of one document (Collection.replace_document returns its id)."""
-    with db.session() as session:
-        ids = session.scalars(select(Item.id).where(Item.document_id == document_id)).all()
-    return assign_groups(db, collection, ids, rule)
+    """DuplicateGrouper(...).assign_document(document_id), once."""
+    return DuplicateGrouper(db, collection, rule).assign_document(document_id)
 
 
 def regroup(db: Database, collection: str, rule: DuplicateRule | None = None) -> list[list[int]]:
