@@ -133,6 +133,17 @@ class IngestSettings(_Section):
 class RetrieveSettings(_Section):
     # "calibrated": per-space, per-modality score normalisation fitted on the collection; "rrf": by rank.
     fusion: Literal["calibrated", "rrf", "raw"] = "calibrated"  # raw: max cosine, for comparison only
+    # A sentence-transformers CrossEncoder (hub id or directory) that rereads the top hits after fusion;
+    # None (or "off") = no reranking. No cross-encoder weights install from PyPI, so it is off by default.
+    rerank: str | None = None
+    rerank_top_n: int = Field(50, ge=1, le=1000)  # how many fused hits the cross-encoder rescores
+
+    @field_validator("rerank")
+    @classmethod
+    def _off_means_none(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off", "none", "null", "false"):
+            return None
+        return value.strip()
 
 
 class IndexSettings(_Section):
