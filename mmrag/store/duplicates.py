@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import BigInteger, ForeignKey, Index, String, delete, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from mmrag.ingest.dedup import (
     FINGERPRINT_KEY,
@@ -34,27 +34,13 @@ from mmrag.ingest.dedup import (
     group_duplicates,
 )
 from mmrag.store.db import Database
-from mmrag.store.models import Base, Document, Item
+from mmrag.store.models import Document, ImageGroup, Item
 
 log = logging.getLogger(__name__)
 
 _IMAGE = "image"
 _SIGN = 1 << 63
 _BITS = 1 << 64
-
-
-class ImageGroup(Base):
-    """One fingerprinted image item: its pHash and the near-duplicate group it belongs to."""
-
-    __tablename__ = "image_groups"
-    __table_args__ = (Index("ix_image_groups_collection_group", "collection", "group_id"),)
-
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
-    collection: Mapped[str] = mapped_column(String(64))
-    phash: Mapped[int] = mapped_column(
-        BigInteger
-    )  # the 64 bits as a signed integer (databases have no uint64)
-    group_id: Mapped[int] = mapped_column(BigInteger)  # the id of the group's first item
 
 
 @dataclass(frozen=True)

@@ -158,3 +158,15 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ImageGroup(Base):
+    """One fingerprinted image item: its pHash and the near-duplicate group it belongs to."""
+
+    __tablename__ = "image_groups"
+    __table_args__ = (Index("ix_image_groups_collection_group", "collection", "group_id"),)
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(64))
+    phash: Mapped[int] = mapped_column(BigInteger)  # the 64 bits as a signed integer (no uint64 in SQL)
+    group_id: Mapped[int] = mapped_column(BigInteger)  # the id of the group's first item
