@@ -223,16 +223,27 @@ def query(
     image: Annotated[Path | None, typer.Option("--image", help="Find items like this image.")] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            help="Only items that match, KEY=VALUE: modality=image|text|page, document=ID, "
+            "path=FILE-OR-FOLDER, meta.KEY=VALUE (the document's metadata). Repeat it: different keys must "
+            "all match, values of one key are alternatives.",
+        ),
+    ] = None,
 ) -> None:
     """Search the collection with text and/or an image."""
+    from mmrag.filters import Filters
     from mmrag.ingest.images import load_model_image
 
     if not text and image is None:
         raise _fail(ValueError("give a text query, --image PATH, or both"))
     try:
+        filters = Filters.parse(where) if where else None
         rt = _runtime(needs_index=True)
         query_image = load_model_image(image, rt.settings.ingest.max_image_pixels) if image else None
-        hits = rt.retriever().search(text, query_image, k)
+        hits = rt.retriever().search(text, query_image, k, filters=filters)
         rt.close()
     except MmragError as exc:
         raise _fail(exc) from None
@@ -379,39 +390,23 @@ def delete(
 @app.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Counts of documents, items and index entries; failed files and why; how the collection was built."""
+    from mmrag.store import pending
     from mmrag.store.collections import read_setup
+    from mmrag.store.items import modality_counts
 
     try:
         rt = _runtime(needs_models=False, needs_index=True)
         docs = rt.collection.documents()
-        with rt.db.session() as session:
-            from sqlalchemy import func, select
-
-            from mmrag.store.models import Item
-
-            by_modality = dict(
-                session.execute(
-                    select(Item.modality, func.count())
-                    .where(Item.collection == rt.collection.name)
-                    .group_by(Item.modality)
-                ).all()
-            )
+        by_modality = modality_counts(rt.db, rt.collection.name)
         info = {
             "collection": rt.collection.name,
             "data_dir": str(rt.settings.data_dir),
+            "backend": rt.collection.store.kind,
             "documents": sum(d.status == "indexed" for d in docs),
             "failed": [{"path": d.path, "error": d.error} for d in docs if d.status == "failed"],
             "items": by_modality,
-            "indexes": {
-                s: {
-                    "count": len(ix),
-                    "type": ix.manifest.index_type,
-                    "model": ix.manifest.model_id,
-                    "dim": ix.manifest.dim,
-                    "device": ix.device,
-                }
-                for s, ix in rt.collection.indexes.items()
-            },
+            "indexes": {key: vars(described) for key, described in rt.collection.describe().items()},
+            "pending": pending.count(rt.db, rt.collection.name) if rt.collection.store.durable else 0,
             "setup": read_setup(rt.db, rt.collection.name),
         }
         rt.close()
@@ -426,8 +421,12 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for space, ix in info["indexes"].items():
         out.print(
             f"index {space}: {ix['count']} vectors, {ix['type']} on {ix['device']}, "
-            f"{ix['model']} ({ix['dim']}-d)"
+            f"{ix['model']} ({ix['dim']}-d)",
+            markup=False,
+            highlight=False,
         )
+    if info["pending"]:
+        out.print(f"{info['pending']} items wait for the vector store (retried by the next write)")
     if info["setup"]:
         out.print("built with: " + _describe_setup(info["setup"]), markup=False, highlight=False)
     for f in info["failed"]:
@@ -454,6 +453,37 @@ def _describe_setup(setup: dict[str, Any]) -> str:
     )
 
 
+@app.command()
+def reindex(
+    to: Annotated[str, typer.Option("--to", help="The vector store to move to: faiss or milvus.")],
+) -> None:
+    """Move the collection's vectors to another vector store (index.backend), from the vectors the database
+    keeps: nothing is embedded again. Later commands on the collection use the new store."""
+    from mmrag.collection_setup import STORE_SETTINGS, setup_of
+    from mmrag.store import pending
+    from mmrag.store.collections import update_setup
+
+    if to not in ("faiss", "milvus"):
+        raise _fail(MmragError(f"--to {to!r}: choose faiss or milvus"))
+    try:
+        # Opening with index.backend=TO fills the new store from the database's vectors (a store that
+        # lags the database is caught up on open); resync does it as the writer if a reader could not.
+        rt = _runtime(needs_models=False, needs_index=True, index={"backend": to})
+        target = rt.collection
+        target.resync()
+        if not target.store.durable:
+            pending.clear(rt.db, target.name)
+        chosen = setup_of(rt.settings)
+        update_setup(rt.db, target.name, {path: chosen[path] for path in STORE_SETTINGS})
+        described = target.describe()
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    for key, ix in described.items():
+        out.print(f"index {key}: {ix.count} vectors, {ix.type} on {ix.device}", markup=False, highlight=False)
+    err.print(f"collection {target.name!r} now uses index.backend={to}")
+
+
 @app.command("eval")
 def evaluate(
     qrels: Annotated[Path, typer.Argument(help="JSONL file of queries and their relevant items.")],
@@ -469,8 +499,9 @@ def evaluate(
         queries = load_qrels(qrels)
         rt = _runtime(needs_index=True, **({"retrieve": {"fusion": fusion}} if fusion else {}))
         retriever = rt.retriever()
-        spaces = sorted({key.partition(".")[0] for key in rt.collection.indexes})
-        rankings = [*spaces, *sorted(rt.collection.indexes)] if per_index else []
+        keys = rt.collection.index_keys()
+        spaces = sorted({key.partition(".")[0] for key in keys})
+        rankings = [*spaces, *keys] if per_index else []
         report = run_eval(queries, retriever_search_fn(retriever, queries), per_space=rankings)
         rt.close()
     except MmragError as exc:

@@ -13,6 +13,7 @@ from PIL import Image
 from mmrag.caption.base import Captioner
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
+from mmrag.filters import Filters
 from mmrag.ingest.images import fit_for_model
 from mmrag.retrieve.calibration import Calibration, load_or_fit
 from mmrag.retrieve.fusion import calibrated_fusion, raw_score_merge, reciprocal_rank_fusion
@@ -75,15 +76,22 @@ class Retriever:
         return self._calibration
 
     def ranked_lists(
-        self, text: str | None, image: Image.Image | None, depth: int, spaces: Sequence[str] | None = None
+        self,
+        text: str | None,
+        image: Image.Image | None,
+        depth: int,
+        spaces: Sequence[str] | None = None,
+        filters: Filters | None = None,
     ) -> dict[str, list[tuple[int, float]]]:
-        """`spaces` restricts the search to spaces ("text") or single indexes ("text.image"); None = all."""
+        """`spaces` restricts the search to spaces ("text") or single indexes ("text.image"); None = all.
+        `filters` restricts it to the items they accept, inside each index's search."""
         lists: dict[str, list[tuple[int, float]]] = {}
         for enc in self.encoders:
             wanted = [
                 m
                 for m in self.collection.modalities(enc.space)
-                if spaces is None or enc.space in spaces or f"{enc.space}.{m}" in spaces
+                if (spaces is None or enc.space in spaces or f"{enc.space}.{m}" in spaces)
+                and (filters is None or filters.wants_modality(m))
             ]
             if not wanted:
                 continue
@@ -104,7 +112,7 @@ class Retriever:
             for kind, vec in queries.items():
                 for modality in wanted:
                     with self._stage("search"):
-                        scores, ids = self.collection.search(enc.space, modality, vec, depth)
+                        scores, ids = self.collection.search(enc.space, modality, vec, depth, filters)
                     lists[f"{enc.space}:{kind}>{modality}"] = [
                         (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
                     ]
@@ -119,9 +127,12 @@ class Retriever:
         fusion: str | None = None,
         item_filter: ItemFilter | None = None,
         depth: int | None = None,
+        filters: Filters | None = None,
     ) -> list[Hit]:
-        """`item_filter` keeps only the items it accepts, before fusion; with a selective filter pass a
-        larger `depth` (how deep each list is searched) so that k items survive it."""
+        """`filters` (modalities, documents, folders, metadata) are applied inside each index's search, so
+        k hits come back whenever k items match. `item_filter` keeps only the items it accepts, after the
+        search and before fusion (a test the stores cannot run; pass a larger `depth`, how deep each list
+        is searched, so that enough items survive it)."""
         if not text and image is None:
             raise ValueError("a query needs text, an image, or both")
         if k < 1:
@@ -132,8 +143,10 @@ class Retriever:
             image = fit_for_model(image)
         # fuse deeper than k so items ranked lower in one list can still surface
         depth = max(depth or 0, k * 3, 30)
-        lists = self.ranked_lists(text, image, depth, spaces)
+        lists = self.ranked_lists(text, image, depth, spaces, filters)
         rows = self.collection.items_by_id({i for ranked in lists.values() for i, _ in ranked})
+        if filters is not None and filters.narrows_items:  # a store's stale entry never slips through
+            rows = {i: r for i, r in rows.items() if filters.accepts_document(r[1].id, r[1].path, r[1].meta)}
         if item_filter is not None:
             rows = {i: row for i, row in rows.items() if item_filter(*row)}
         # an index entry the database no longer has is never returned

@@ -19,7 +19,8 @@ from mmrag.api import answering
 from mmrag.api.deps import CollectionName, ServiceDep, existing_collection
 from mmrag.api.errors import ApiError, documented, from_validation_error
 from mmrag.api.schemas import AskRequest, AskResponse, HitOut, QueryFilters, QueryRequest, QueryResponse
-from mmrag.api.service import Filters, FoundItem, Service
+from mmrag.api.service import FoundItem, Service
+from mmrag.filters import Filters
 from mmrag.ingest.images import load_model_image
 
 router = APIRouter(tags=["search"])
@@ -127,12 +128,14 @@ def decode_image(service: Service, data: bytes, operation: str) -> Image.Image:
         service.metrics.stage(operation, "decode", time.perf_counter() - start)
 
 
-def to_filters(filters: QueryFilters | None) -> Filters:
+def to_filters(service: Service, filters: QueryFilters | None) -> Filters | None:
     if filters is None:
-        return Filters()
-    return Filters(
+        return None
+    data_dir = service.settings.data_dir.resolve()
+    return Filters.of(
         modalities=filters.modality,
-        document_ids=set(filters.document_ids) if filters.document_ids else None,
+        document_ids=filters.document_ids,
+        path_prefixes=[str(data_dir / p) if not p.startswith("/") else p for p in filters.paths or ()],
         metadata=filters.metadata,
     )
 
@@ -180,7 +183,7 @@ async def query(request: Request, collection: CollectionName, service: ServiceDe
         image=image,
         k=req.k,
         fusion=req.fusion,
-        filters=to_filters(req.filters),
+        filters=to_filters(service, req.filters),
     )
     return QueryResponse(
         collection=collection,
