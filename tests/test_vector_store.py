@@ -305,9 +305,9 @@ def test_a_write_milvus_did_not_acknowledge_is_retried(
 @pytest.mark.milvus
 def test_milvus_settings_are_checked(tmp_path: Path) -> None:
     settings = backend_settings(tmp_path / "data", "milvus", milvus={"index_type": "GPU_CAGRA"})
-    with pytest.raises(ConfigError, match="GPU_CAGRA is not built by Milvus Lite.*needs a Milvus server"):
+    with pytest.raises(ConfigError, match=r"GPU_CAGRA is not built by Milvus Lite.*needs a Milvus server"):
         open_collection(settings)
-    with pytest.raises(Exception, match="unknown Milvus index type 'NOPE'"):
+    with pytest.raises(Exception, match=r"unknown Milvus index type 'NOPE'"):
         backend_settings(tmp_path / "data", "milvus", milvus={"index_type": "nope"})
     relative = load_settings(index={"milvus": {"uri": "rel/m.db"}})
     assert relative.index.milvus.uri == str(Path("rel/m.db").absolute())
@@ -325,7 +325,7 @@ def test_milvus_lite_in_another_process_is_a_clear_error(tmp_path: Path) -> None
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        with pytest.raises(Exception, match="open in another process.*milvus-lite server"):
+        with pytest.raises(Exception, match=r"open in another process.*milvus-lite server"):
             open_collection(settings)
     finally:
         holder.kill()
@@ -367,8 +367,13 @@ _WRITER = textwrap.dedent(
                     coll.delete_documents([doc.id])
                     continue
             vectors = rng.normal(size=(int(rng.integers(1, 6)), DIM)).astype(np.float32)
-            items = [NewItem(modality="image", content_hash=f"{n}-{i}", vectors={"clip": v}) for i, v in enumerate(vectors)]
-            coll.replace_document(path=f"/lib/{d}.jpg", kind="image", content_hash=str(n), size=1, mtime=n, items=items)
+            items = [
+                NewItem(modality="image", content_hash=f"{n}-{i}", vectors={"clip": v})
+                for i, v in enumerate(vectors)
+            ]
+            coll.replace_document(
+                path=f"/lib/{d}.jpg", kind="image", content_hash=str(n), size=1, mtime=n, items=items
+            )
             if n % 7 == 0:
                 coll.save()
             print(n, flush=True)

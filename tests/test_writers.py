@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from mmrag.collection import Collection, CollectionLocked, NewItem
-from mmrag.index.faiss_store import STATE_FILE
 from mmrag.embed.clip import ClipEmbedder
+from mmrag.index.faiss_store import STATE_FILE
 from mmrag.settings import Settings
 from mmrag.store.db import Database
 from tests.api_server import api_settings, image_query, serve, upload, wait_for_job
