@@ -102,8 +102,11 @@ def test_migrations_build_the_schema_from_an_empty_database_and_downgrade_cleanl
 
     from mmrag.store.db import MIGRATIONS_DIR
 
+    from mmrag.store.db import head_revision, schema_is_current
+
     db = Database(db_url)
-    assert _scalar(db_url, "select version_num from alembic_version") == _head_revision()
+    assert _scalar(db_url, "select version_num from alembic_version") == _head_revision() == head_revision()
+    assert schema_is_current(db.engine)  # what lets every later open skip Alembic
     inspector = inspect(db.engine)
     assert {"documents", "items", "item_vectors", "spaces", "captions"} <= set(inspector.get_table_names())
     columns = {c["name"]: c for c in inspector.get_columns("items")}
@@ -122,6 +125,7 @@ def test_migrations_build_the_schema_from_an_empty_database_and_downgrade_cleanl
         cfg.attributes["connection"] = connection
         command.downgrade(cfg, "base")
     assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
+    assert not schema_is_current(db.engine)
     db.close()
     Database(db_url).close()  # and up again
     assert _scalar(db_url, "select version_num from alembic_version") == _head_revision()
