@@ -6,7 +6,9 @@ same on a laptop and on a server even when the absolute numbers do not:
 - ingest: images/s of `mmrag index` against the bare model forward (CLIP ViT-B-32; the offline profile's
   EfficientNet-Lite0 + RapidOCR + MiniLM); PDF pages/s against bare PyMuPDF text extraction;
 - query: p50/p99 of `Retriever.search` against query encoding + FAISS search, at each collection size and
-  index layout (flat, IVF), with index build time and bytes per item.
+  index layout (flat, IVF), with index build time and bytes per item;
+- stores: FAISS and Milvus Lite side by side through mmrag's vector-store interface: insert rate, query
+  p50/p99 without a filter and with a selective and a broad one (pushed down), recall@10, memory per item.
 
 The PDF step also scores the PDF's outline queries (docs/evaluation.md) on the collection it built.
 `--quick` runs every step at toy sizes (a smoke test, not a measurement).
@@ -29,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-STEPS = ("clip", "offline", "pdf", "query")
+STEPS = ("clip", "offline", "pdf", "query", "stores")
 FULL_SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (2_000, 5_000)
 
@@ -52,6 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--pdf", type=Path, default=GNUPLOT_PDF, help="PDF with an outline (default: gnuplot-doc's manual)")
     add("--pdf-pages", default=None, help="only these pages of the PDF, e.g. 21-60")
     add("--ivf-max-items", type=int, default=100_000, help="build IVF only up to this size (default 100000)")
+    add("--store-sizes", default=None, help="sizes for the stores step (default 100000)")
+    add(
+        "--milvus-index",
+        default="AUTOINDEX",
+        help="Milvus index type for the stores step (default AUTOINDEX)",
+    )
     add(
         "--threads",
         type=int,
@@ -65,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quick = args.quick
     default_sizes = QUICK_SIZES if quick else FULL_SIZES
     args.sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(default_sizes)
+    default_store_sizes = "2000" if quick else "100000"
+    args.store_sizes = [int(s) for s in (args.store_sizes or default_store_sizes).split(",")]
     args.queries = args.queries or (5 if quick else 100)
     args.images = args.images or (4 if quick else 128)
     args.offline_images = args.offline_images or (2 if quick else 32)
@@ -117,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             "pdf": str(args.pdf),
             "pdf_pages": args.pdf_pages,
             "ivf_max_items": args.ivf_max_items,
+            "store_sizes": args.store_sizes,
+            "milvus_index": args.milvus_index,
             "threads": args.threads,
         },
         "ingest": {},
         "query": [],
+        "stores": [],
     }
     try:
         if "clip" in steps:
@@ -153,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[bold]query[/]: sizes {args.sizes}, {args.queries} queries each")
             results["query"] = query.bench_queries(
                 work / "query", args.sizes, args.queries, ivf_max_items=args.ivf_max_items
+            )
+        if "stores" in steps:
+            from bench import stores
+
+            console.print(f"[bold]stores[/]: FAISS and Milvus Lite at {args.store_sizes} items")
+            results["stores"] = stores.bench_stores(
+                work / "stores", args.store_sizes, args.queries, milvus_index=args.milvus_index
             )
     finally:
         if args.work is None:
@@ -193,6 +213,31 @@ def print_summary(results: dict[str, Any]) -> None:
         print_ingest(results["ingest"])
     if results["query"]:
         print_query(results["query"])
+    if results.get("stores"):
+        print_stores(results["stores"])
+
+
+def print_stores(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Vector stores through mmrag's interface (random 512-d unit vectors, depth 30)")
+    for column in (
+        "items", "backend", "index", "insert items/s", "ready", "p50 / p99 no filter",
+        "p50 / p99 selective", "p50 / p99 broad", "recall@10", "RSS B/item", "disk B/item",
+    ):  # fmt: skip
+        table.add_column(column)
+    for row in rows:
+        q = row["query"]
+        table.add_row(
+            f"{row['items']:,}",
+            row["backend"],
+            row["index"].split(" (")[0],
+            f"{row['insert_items_per_s']:,.0f}",
+            f"{row['ready_s']:.1f} s",
+            *(f"{q[n]['p50_ms']:.1f} / {q[n]['p99_ms']:.1f} ms" for n in ("none", "selective", "broad")),
+            f"{row['recall_at_10']:.3f}",
+            f"{row['rss_bytes_per_item']:,.0f}",
+            f"{row['disk_bytes_per_item']:,.0f}",
+        )
+    console.print(table)
 
 
 def print_ingest(steps: dict[str, Any]) -> None:

@@ -308,7 +308,7 @@ class Store(VectorStore):
             rows = [
                 {
                     "id": int(item_id),
-                    "vector": vector.tolist(),
+                    "vector": vector,  # float32 array: pymilvus packs it without a Python list
                     "document_id": int(payload.document_id),
                     "path": payload.path[:MAX_PATH],
                     "meta": payload.meta,
