@@ -195,6 +195,7 @@ def index(
         indexer = Indexer(rt.settings, rt.collection, rt.vectoriser())
         with rt.collection.writer(), Progress(*columns, console=err, transient=False) as progress:
             report = indexer.run(paths, prune, _RichProgress(progress))
+        waiting = rt.collection.waiting()
         rt.close()
     except MmragError as exc:
         raise _fail(exc) from None
@@ -213,7 +214,12 @@ def index(
     if report.interrupted:
         err.print("[yellow]interrupted:[/] what was committed is kept; run the same command again to finish")
         raise typer.Exit(130)
-    if report.failed:
+    if waiting:
+        err.print(
+            f"[yellow]{waiting} items wait for the vector store[/] (it did not acknowledge them; see the "
+            "warnings above): they are in the database and are sent again by the next command that writes"
+        )
+    if report.failed or waiting:
         raise typer.Exit(1)
 
 

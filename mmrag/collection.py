@@ -479,17 +479,16 @@ class Collection:
 
     def save(self) -> None:
         """A cache: save what changed, as holding the current generation. Durable storage: apply whatever
-        is still pending; raises when the store cannot take it (the items stay queued)."""
+        is still pending; what the store cannot take now stays queued (`waiting()` counts it)."""
         with self._sync:
             if self.store.durable:
-                self._drain()
-                left = pending.count(self.db, self.name)
-                if left:
-                    raise MmragError(
-                        f"{left} items of collection {self.name!r} are still waiting for the store"
-                    )
+                self._drain_or_keep()
             else:
                 self.store.persist(self.generation)
+
+    def waiting(self) -> int:
+        """Items a durable store has not acknowledged yet (0 for a cache)."""
+        return pending.count(self.db, self.name) if self.store.durable else 0
 
     def close(self) -> None:
         self.store.close()

@@ -291,8 +291,8 @@ def test_a_write_milvus_did_not_acknowledge_is_retried(
         monkeypatch.setattr(coll.store, "upsert", unreachable)
         add_document(coll, "/later.jpg", unit(rng, 3))
         assert pending.count(coll.db, coll.name) == 3 and coll.store.count("clip.image") == 2
-        with pytest.raises(Exception, match="connection refused"):
-            coll.save()
+        coll.save()  # still unreachable: the items stay queued, the write stands
+        assert coll.waiting() == 3
         monkeypatch.setattr(coll.store, "upsert", real_upsert)
         with coll.writer():  # the next writer retries what is pending
             pass
