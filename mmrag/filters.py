@@ -84,7 +84,7 @@ class Filters:
                 except ValueError:
                     raise FilterError(f"document={value!r}: a document id is a number") from None
             elif key == "path":
-                prefixes.append(os.path.abspath(os.path.expanduser(value)))
+                prefixes.append(os.path.realpath(os.path.expanduser(value)))  # as indexed: resolved
             elif key.startswith("meta.") and len(key) > 5:
                 if key[5:] in metadata:
                     raise FilterError(f"metadata key {key[5:]!r} given twice; a document has one value")
