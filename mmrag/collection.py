@@ -161,7 +161,7 @@ class Collection:
     def refresh(self) -> bool:
         """Catch up with writes another process made since this one last looked: one query when nothing
         changed. True when the collection changed. A cache compares itself with the database again; a
-        durable store is shared, so there is nothing to catch up with."""
+        durable store is shared: only indexes another process created are looked up."""
         if collection_rows.generation(self.db, self.name) == self.generation:
             return False
         with self._sync:
@@ -170,12 +170,12 @@ class Collection:
             )  # read first: the repair sees at least this
             if current == self.generation:
                 return False
-            if not self.store.durable:
-                for key in self._all_keys():
-                    space, _ = split_key(key)
-                    self.store.ensure(key, self.encoders[space].model_id, self.dims[space])
+            for key in self._all_keys():  # a durable store: indexes another process created
+                space, _ = split_key(key)
+                self.store.ensure(key, self.encoders[space].model_id, self.dims[space])
+                if not self.store.durable:
                     self._reconcile(key, RepairReport(key))
-                log.info("collection %s: caught up with generation %d", self.name, current)
+            log.info("collection %s: caught up with generation %d", self.name, current)
             self.generation = current
         return True
 
