@@ -332,6 +332,56 @@ def test_milvus_lite_in_another_process_is_a_clear_error(tmp_path: Path) -> None
         holder.wait(30)
 
 
+@pytest.mark.milvus
+def test_processes_share_milvus_lite_through_its_server_mode(tmp_path: Path) -> None:
+    """What the README offers for `mmrag serve` beside `mmrag index`: `milvus-lite server` on loopback, every
+    process a client. A reader sees the writer's items, and an index the writer created after it opened."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "milvus-lite"),
+            "server",
+            "--data-dir",
+            str(tmp_path / "shared.db"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    settings = backend_settings(tmp_path / "data", "milvus", milvus={"uri": f"http://127.0.0.1:{port}"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "no milvus-lite server"
+                time.sleep(0.2)
+        rng = np.random.default_rng(8)
+        writer = open_collection(settings)
+        add_document(writer, "/a.jpg", unit(rng, 3))
+        reader = open_collection(settings)  # another client, as another process would be
+        assert reader.store.count("clip.image") == 3 and reader.index_keys() == ["clip.image"]
+        chunks = unit(rng, 2)
+        add_document(writer, "/b.md", chunks, modality="text")  # a new Milvus collection
+        assert reader.refresh() is True and reader.index_keys() == ["clip.image", "clip.text"]
+        _, ids = reader.search("clip", "text", chunks[1], 1)
+        assert reader.items_by_id(ids[0])[int(ids[0][0])][1].path == "/b.md"
+        close(reader)
+        close(writer)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 _HOLD_LITE = textwrap.dedent(
     """
     import sys, time
