@@ -251,6 +251,9 @@ def test_every_v1_route_wants_a_valid_key(server: RunningServer) -> None:
         ("GET", "/v1/jobs/" + "0" * 32),
         ("GET", "/v1/items/1"),
         ("GET", "/v1/items/1/image"),
+        ("POST", "/v1/keys"),
+        ("GET", "/v1/keys"),
+        ("DELETE", "/v1/keys/" + "0" * 32),
     ]
     documented = {
         (method.upper(), path)

@@ -21,7 +21,7 @@ from mmrag.api.deps import require_api_key, require_ready
 from mmrag.api.errors import install_error_handlers
 from mmrag.api.limits import BodySizeLimit
 from mmrag.api.metrics import RequestMetrics
-from mmrag.api.routes import documents, health, items, jobs, search
+from mmrag.api.routes import documents, health, items, jobs, keys, search
 from mmrag.api.schemas import AskRequest, QueryRequest
 from mmrag.api.service import Service
 from mmrag.settings import Settings
@@ -29,7 +29,9 @@ from mmrag.settings import Settings
 DESCRIPTION = """Index your images, scans, PDFs and text files and search them with text or images.
 
 Every `/v1` call needs an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`) when the server
-has keys configured. Errors are JSON: `{"error": code, "message": what is wrong}`.
+has keys configured. A key reaches only its collections: items, documents, jobs, queries and answers of any
+other collection answer 404, as if it did not exist. Admin keys also make and revoke keys (`/v1/keys`).
+Errors are JSON: `{"error": code, "message": what is wrong}`.
 """
 
 
@@ -57,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(require_ready)])
     templates: dict[int, str] = {}
-    for module in (documents, search, jobs, items):
+    for module in (documents, search, jobs, items, keys):
         v1.include_router(module.router)
         templates.update({id(route): "/v1" + route.path for route in module.router.routes})  # type: ignore[attr-defined]
     app.include_router(v1)

@@ -1,7 +1,8 @@
 """One JSON shape for every error: {"error": code, "message": words, "details": [...]?}.
 
 Client mistakes are 4xx with a message naming the problem; a 500 means a bug in the service, and its body
-says only that (the traceback goes to the log).
+says only that (the traceback goes to the log). No message shows a path under the server's data dir: the
+service rewrites them relative to it (an upload's MuPDF error names the file it was reading).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from mmrag.collection import CollectionLocked
 from mmrag.errors import ConfigError, ExtractionError, IndexCorruptError, MmragError, ModelMismatchError
@@ -97,20 +99,37 @@ def _status_of(exc: MmragError) -> tuple[int, str]:
     return 400, "bad_request"
 
 
+def _redact(request: Request, message: str) -> str:
+    service = getattr(request.app.state, "service", None)
+    return service.redact(message) if service is not None else message
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers on this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+        return error_response(exc.status, exc.code, _redact(request, exc.message), exc.details, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, code, message, headers=exc.headers)
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        return error_response(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,7 +139,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MmragError)
     async def _mmrag_error(request: Request, exc: MmragError) -> JSONResponse:
         status, code = _status_of(exc)
-        return error_response(status, code, str(exc))
+        return error_response(status, code, _redact(request, str(exc)))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

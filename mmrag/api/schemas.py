@@ -12,10 +12,12 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
-COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+from mmrag.settings import COLLECTION_NAME_PATTERN as COLLECTION_PATTERN  # noqa: F401 - for the routes
+
 MAX_QUERY_TEXT = 4000
 MAX_METADATA_KEYS = 32
 
@@ -65,8 +67,23 @@ class FolderIngestRequest(UploadOptions):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"path": "/srv/scans/2024", "prune": True}]}
     )
-    path: str = Field(min_length=1, max_length=4096, description="A folder under one of api.allowed_roots")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="An absolute path of a folder under one of api.allowed_roots",
+        json_schema_extra={"pattern": r"^/[^\x00]*$"},  # checked by the validator, with clearer messages
+    )
     prune: bool = Field(False, description="Also remove documents of files that disappeared under the folder")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_file_system_path(cls, path: str) -> str:
+        """Checked before any file system call sees it: a NUL would end the C string (and fail the call)."""
+        if "\x00" in path:
+            raise ValueError("a path cannot contain a NUL character")
+        if not path.startswith("/"):
+            raise ValueError(f"the path must be absolute, got {path[:200]!r}")
+        return path
 
 
 class AcceptedFile(BaseModel):
@@ -385,3 +402,45 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     detail: str | None = None
+
+
+# ---- API keys --------------------------------------------------------------------------------------------
+
+CollectionScope = Annotated[
+    str, StringConstraints(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$", max_length=64)
+]
+
+
+class KeyRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "photo app", "collections": ["photos"], "admin": False}]},
+    )
+    name: str = Field("", max_length=64, description="A label, for the list of keys")
+    collections: list[CollectionScope] = Field(
+        min_length=1,
+        max_length=1000,
+        description='Collections the key may read and write (and create); "*" for every collection',
+    )
+    admin: bool = Field(False, description="May also make and revoke keys, ingest server folders, see all")
+
+
+class KeyOut(BaseModel):
+    id: str = Field(description="Names the key, e.g. to revoke it; not the key itself")
+    name: str
+    collections: list[str]
+    admin: bool
+    created_at: UtcDatetime
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The key itself: shown this once, only its sha256 is kept")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut] = Field(description="Keys made through the API (the config's own keys are not listed)")
+
+
+class KeyRevoked(BaseModel):
+    id: str
+    revoked: Literal[True] = True

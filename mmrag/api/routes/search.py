@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from mmrag.api import answering
-from mmrag.api.deps import CollectionName, ServiceDep, existing_collection
+from mmrag.api.deps import CollectionName, ScopeDep, ServiceDep, existing_collection
 from mmrag.api.errors import ApiError, documented, from_validation_error
 from mmrag.api.schemas import AskRequest, AskResponse, HitOut, QueryFilters, QueryRequest, QueryResponse
 from mmrag.api.service import Filters, FoundItem, Service
@@ -168,10 +168,12 @@ def hit_out(service: Service, found: FoundItem) -> HitOut:
     openapi_extra=_body(QueryRequest, "text"),
     responses=documented(400, 401, 404, 409, 413, 415, 422, 503),
 )
-async def query(request: Request, collection: CollectionName, service: ServiceDep) -> QueryResponse:
+async def query(
+    request: Request, collection: CollectionName, service: ServiceDep, scope: ScopeDep
+) -> QueryResponse:
     start = time.perf_counter()
     req, image_bytes = await read_request(request, QueryRequest)
-    handle = await existing_collection(service, collection)
+    handle = await existing_collection(service, collection, scope)
     image = await service.run(decode_image, service, image_bytes, "query") if image_bytes else None
     found = await service.run(
         service.search,
@@ -207,9 +209,9 @@ async def query(request: Request, collection: CollectionName, service: ServiceDe
         **documented(400, 401, 404, 409, 413, 415, 422, 501, 503),
     },
 )
-async def ask(request: Request, collection: CollectionName, service: ServiceDep) -> Any:
+async def ask(request: Request, collection: CollectionName, service: ServiceDep, scope: ScopeDep) -> Any:
     req, image_bytes = await read_request(request, AskRequest)
-    handle = await existing_collection(service, collection)
+    handle = await existing_collection(service, collection, scope)
     if not answering.available():
         raise ApiError(501, "not_implemented", "answer generation is not installed on this server")
     image = await service.run(decode_image, service, image_bytes, "ask") if image_bytes else None
