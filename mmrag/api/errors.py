@@ -8,6 +8,7 @@ service rewrites them relative to it (an upload's MuPDF error names the file it 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from mmrag.collection import CollectionLocked
 from mmrag.errors import ConfigError, ExtractionError, IndexCorruptError, MmragError, ModelMismatchError
@@ -104,14 +104,20 @@ def _redact(request: Request, message: str) -> str:
     return service.redact(message) if service is not None else message
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method some route answers on this path (Starlette's 405 names only the first route's)."""
+_OPERATIONS = frozenset({"get", "put", "post", "delete", "patch", "options", "head", "trace"})
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the schema documents for this path: Starlette's 405 names only the first route's,
+    though one path may be served by several routes (GET and POST /v1/keys)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return ", ".join(sorted(methods))
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations if method in _OPERATIONS}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return ", ".join(sorted(methods)) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

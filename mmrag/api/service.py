@@ -85,6 +85,16 @@ def _same(stored: Any, wanted: Any) -> bool:
     return isinstance(stored, bool) == isinstance(wanted, bool) and stored == wanted
 
 
+def available_roads(settings: Settings) -> list[str]:
+    """The image roads this server can take: clip needs the CLIP space; caption needs the text space and a
+    captioner or OCR; both needs both."""
+    clip = settings.spaces.clip
+    caption = settings.spaces.text and (settings.caption.backend != "none" or settings.caption.ocr)
+    return [
+        road for road, usable in (("clip", clip), ("caption", caption), ("both", clip and caption)) if usable
+    ]
+
+
 def _prefix_pattern(data_dir: Path) -> re.Pattern[str]:
     """The data dir as written in the settings and as resolved (they differ behind a symlink), followed by a
     separator or by the end of the path."""

@@ -60,21 +60,23 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["files"],
+                    "additionalProperties": False,
                     "properties": {
                         "files": {
                             "type": "array",
                             "minItems": 1,
-                            "items": {"type": "string", "format": "binary"},
+                            "maxItems": 32,  # api.max_files_per_request: app.py puts in this server's
+                            "items": {"type": "string", "format": "binary", "minLength": 1},
                             "description": "Images (JPEG, PNG, WebP, GIF, BMP, TIFF), PDFs, .txt/.md/.rst "
                             "files; typed by their content",
                         },
-                        "options": {
-                            "type": "string",
-                            "description": 'UploadOptions as JSON: {"road": "clip", "metadata": {"y": 1}}',
-                        },
+                        "options": {"$ref": "#/components/schemas/UploadOptions"},
                     },
                 },
-                "encoding": {"files": {"contentType": "application/octet-stream"}},
+                "encoding": {
+                    "files": {"contentType": "application/octet-stream"},
+                    "options": {"contentType": "application/json"},
+                },
             }
         },
     }
@@ -210,7 +212,7 @@ def _pdf_pages(path: Path) -> int:
     status_code=202,
     response_model=JobAccepted,
     summary="Index a folder on the server (only under api.allowed_roots; needs an admin key)",
-    responses=documented(401, 403, 404, 409, 422, 503),
+    responses=documented(400, 401, 403, 404, 409, 422, 503),
     dependencies=[Depends(require_admin)],
 )
 async def ingest_folder(

@@ -28,7 +28,7 @@ def _out(row: ApiKey) -> KeyOut:
     response_model=KeyCreated,
     summary="Make an API key scoped to collections (needs an admin key)",
     description="The answer holds the key itself, this once; the server keeps only its sha256.",
-    responses=documented(401, 403, 409, 422, 503),
+    responses=documented(400, 401, 403, 409, 422, 503),
 )
 async def create_key(body: KeyRequest, service: ServiceDep) -> KeyCreated:
     if not service.keys.enabled:
