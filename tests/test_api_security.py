@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -363,3 +365,50 @@ def test_failure_reasons_show_no_server_paths(server: RunningServer, admin: http
     unreadable = image_query(admin, "damaged", b"GIF89a" + b"\0" * 64)
     for text in (json.dumps(job), json.dumps(failed), unreadable.text):
         assert not any(form in text for form in forms), text
+
+
+# ---- making keys ------------------------------------------------------------------------------------------
+
+
+def _printed(output: str, label: str) -> str:
+    return next(line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith(label + ":"))
+
+
+def test_mmrag_key_prints_a_key_its_digest_and_a_setting_that_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from mmrag.cli import app
+    from mmrag.errors import ConfigError
+    from mmrag.settings import load_settings
+
+    result = CliRunner().invoke(app, ["key", "--collection", "photos", "--collection", "docs"])
+    assert result.exit_code == 0, result.output
+    key, digest = _printed(result.output, "key"), _printed(result.output, "sha256")
+    assert hash_api_key(key) == digest
+    setting = next(line.strip() for line in result.output.splitlines() if "MMRAG_API__KEYS=" in line)
+    monkeypatch.setenv("MMRAG_API__KEYS", setting.split("=", 1)[1].strip("'"))
+    (configured,) = load_settings().api.keys
+    assert (configured.sha256, configured.collections, configured.admin) == (
+        digest,
+        ["photos", "docs"],
+        False,
+    )
+
+    refused = CliRunner().invoke(app, ["key", "--collection", "no/slashes"])
+    assert refused.exit_code == 2 and "is not a collection name" in refused.output
+    with pytest.raises(ConfigError, match="sha256 hex digests"):
+        load_settings(api={"keys": [{"sha256": key, "collections": ["photos"]}]})  # the key, not its digest
+    with pytest.raises(ConfigError, match="collections"):
+        load_settings(api={"keys": [{"sha256": digest}]})  # a key must say what it may reach
+
+
+def test_the_module_entry_point_prints_a_key_without_warnings() -> None:
+    """Issue #15: `python -m mmrag.api.security` warned that runpy found the module already imported."""
+    run = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "mmrag.api.security"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert hash_api_key(_printed(run.stdout, "key")) == _printed(run.stdout, "sha256")
