@@ -11,6 +11,7 @@ leading dot, no control characters) and the file lands in uploads/<collection>/<
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -261,20 +262,22 @@ def remove_tree(path: Path) -> None:
 
 def remove_stale_incoming(incoming_root: Path, older_than_s: float) -> int:
     """Remove the request folders under `incoming_root` in which nothing changed for `older_than_s` seconds;
-    the number removed."""
+    the number removed. What cannot be removed stays (the service starts anyway)."""
     try:
         entries = list(os.scandir(incoming_root))
-    except FileNotFoundError:
+    except OSError:  # none yet, or unreadable
         return 0
     cutoff = time.time() - older_than_s
     removed = 0
     for entry in entries:
-        if _newest_mtime(Path(entry.path)) < cutoff:
-            if entry.is_dir(follow_symlinks=False):
-                remove_tree(Path(entry.path))
-            else:
-                Path(entry.path).unlink(missing_ok=True)
-            removed += 1
+        if _newest_mtime(Path(entry.path)) >= cutoff:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            remove_tree(Path(entry.path))
+        else:
+            with contextlib.suppress(OSError):
+                Path(entry.path).unlink()
+        removed += not os.path.lexists(entry.path)
     return removed
 
 
@@ -282,13 +285,13 @@ def _newest_mtime(path: Path) -> float:
     """The latest mtime of `path` and everything under it (links are not followed)."""
     try:
         newest = path.lstat().st_mtime
-    except FileNotFoundError:
-        return float("inf")  # gone already: nothing to remove
+    except OSError:
+        return float("inf")  # gone already, or not ours to judge: left alone
     if path.is_dir() and not path.is_symlink():
         for parent, folders, files in os.walk(path):
             for name in folders + files:
                 try:
                     newest = max(newest, os.lstat(os.path.join(parent, name)).st_mtime)
-                except FileNotFoundError:
+                except OSError:
                     continue
     return newest

@@ -131,7 +131,8 @@ def _picture(service: Service, item_id: int, variant: str, scope: KeyScope) -> R
             headers={"Content-Length": str(size)},
         )
     with source:
-        return Response(_pdf_region(source, item.page, item.bbox), media_type="image/png")  # type: ignore[arg-type]
+        assert item.page is not None  # a PDF item without a page was refused above
+        return Response(_pdf_region(source, item.page, item.bbox), media_type="image/png")
 
 
 def _pdf_region(source: BinaryIO, page_number: int, bbox: list[float] | None) -> bytes:
@@ -148,6 +149,6 @@ def _pdf_region(source: BinaryIO, page_number: int, bbox: list[float] | None) ->
             clip = pymupdf.Rect(bbox) & page.rect if bbox else page.rect
             if clip.is_empty:
                 clip = page.rect
-            return page.get_pixmap(dpi=_PDF_CROP_DPI, clip=clip).tobytes("png")  # type: ignore[no-any-return]
+            return page.get_pixmap(dpi=_PDF_CROP_DPI, clip=clip).tobytes("png")
     except Exception as exc:
         raise ApiError(404, "not_found", f"the PDF page of this item cannot be rendered: {exc}") from None
