@@ -2,11 +2,12 @@
 worker thread with the same Indexer the CLI uses.
 
 A job is one Indexer.run over the files of an upload (or a server-side folder). Its status, counts and
-per-file outcomes (with the reason of every failure) are written back to its row as files finish (the web
-page shows per-file progress from them) and when it ends, so they survive a restart; a job still queued or
-running when the service stopped is run again when it starts (files already committed are then reported as
-unchanged). Jobs run one at a time: model inference is the bottleneck and one collection's writes are
-serialised anyway; queries keep running on the service's pool meanwhile.
+per-file outcomes (with the reason of every failure, paths under the data dir made relative to it) are
+written back to its row as files finish (the web page shows per-file progress from them) and when it ends,
+so they survive a restart; a job still queued or running when the service stopped is run again when it
+starts (files already committed are then reported as unchanged). Jobs run one at a time: model inference is
+the bottleneck and one collection's writes are serialised anyway; queries keep running on the service's
+pool meanwhile.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class IngestWorker:
                 "name": names.get(o.path) or self.service.public_path(o.path),
                 "status": o.status,
                 "items": o.items,
-                "reason": o.reason,
+                "reason": self.service.redact(o.reason) if o.reason else o.reason,
                 "document_id": doc_ids.get(o.path),
             }
             for o in outcomes
@@ -206,6 +207,7 @@ class IngestWorker:
     def _failed(self, job_id: str, error: str, progress: _JobProgress) -> None:
         job = self.store.get(job_id)
         files = self._file_reports(job, progress.outcomes) if job is not None else []
+        error = self.service.redact(error)  # reasons and errors are stored without the server's paths
         self.store.update(job_id, status="failed", error=error, files=files, finished_at=utcnow())
         self.service.metrics.jobs.labels(status="failed").inc()
 
