@@ -28,7 +28,7 @@ def mmrag(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **tiny_clip_env(data_dir), **(extra_env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "mmrag", *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "mmrag", *args], env=env, capture_output=True, text=True, timeout=600
     )
 
 

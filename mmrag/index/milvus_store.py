@@ -70,9 +70,28 @@ class _SharedClient:
             del cls._clients[key]
         client.close()
         if "://" not in uri:
-            from milvus_lite.server_manager import server_manager_instance
+            _release_lite(uri)
 
-            server_manager_instance.release_server(uri)
+
+def _release_lite(uri: str) -> None:
+    """Stop this process's Milvus Lite server on `uri` and close its data (releasing the path's lock).
+    Milvus Lite's own release_server waits 2 s of gRPC grace on every call; our client is closed, so nothing
+    is in flight and the server stops at once."""
+    import os
+
+    from milvus_lite.server_manager import server_manager_instance as manager
+
+    servers = getattr(manager, "_servers", None)
+    lock = getattr(manager, "_lock", None)
+    if not isinstance(servers, dict) or lock is None:
+        manager.release_server(uri)
+        return
+    with lock:
+        entry = servers.pop(os.path.abspath(uri), None)
+    if entry is not None:
+        server, db, _port = entry
+        server.stop(grace=None)
+        db.close()
 
 
 def _connect(uri: str, token: str, db_name: str, timeout: float) -> Any:
