@@ -317,7 +317,12 @@ class VectorIndex:
             return np.zeros((len(batch), 0), np.float32), np.zeros((len(batch), 0), np.int64)
         selector = faiss.IDSelectorBatch(present)
         if not isinstance(self._index, faiss.IndexIVF):
-            return self._index.search(batch, k_found, params=faiss.SearchParameters(sel=selector))  # type: ignore[no-any-return]
+            found_scores, found_ids = self._index.search(
+                batch, k_found, params=faiss.SearchParameters(sel=selector)
+            )
+            if (found_ids < 0).any():  # a graph index (HNSW) can lose a very selective filter's items
+                return _exact_among(self._index, batch, k_found, present)
+            return found_scores, found_ids
         nlist = self._index.nlist
         params = faiss.SearchParametersIVF(sel=selector, nprobe=min(self._settings.nprobe, nlist))
         found_scores, found_ids = self._index.search(batch, k_found, params=params)
@@ -447,6 +452,16 @@ def _new_ivf(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
         time.perf_counter() - started,
     )
     return index
+
+
+def _exact_among(
+    index: faiss.Index, batch: np.ndarray, k: int, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search over the vectors of `ids` alone, read back from the index."""
+    vectors = np.vstack([index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+    scores = batch @ vectors.T
+    best = np.argsort(-scores, axis=1)[:, :k]
+    return np.take_along_axis(scores, best, axis=1), ids[best]
 
 
 def _configure(index: faiss.Index, settings: IndexSettings) -> faiss.Index:
