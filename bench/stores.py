@@ -116,7 +116,13 @@ def bench_stores(
                 None,
                 data_dir=data_dir,
                 collection="bench",
-                index={"backend": backend, "use_gpu": "never", "milvus": {"index_type": milvus_index}},
+                index={
+                    "backend": backend,
+                    "use_gpu": "never",
+                    # a flush of Milvus Lite's memtable runs inside the upsert that fills it: minutes on a
+                    # loaded machine at these sizes
+                    "milvus": {"index_type": milvus_index, "timeout_s": 1800},
+                },
             )
             db = Database(settings.db_url)
             fill_database(db, "bench", size)

@@ -169,7 +169,7 @@ class MilvusSettings(_Section):
     index_params: dict[str, Any] = Field(default_factory=dict)  # e.g. {"M": 16, "efConstruction": 200}
     search_params: dict[str, Any] = Field(default_factory=dict)  # e.g. {"ef": 64} or {"nprobe": 16}
     consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0)  # per call; Milvus Lite flushes inside the upsert that fills it
 
     @field_validator("uri")
     @classmethod

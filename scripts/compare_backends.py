@@ -40,7 +40,9 @@ def _mmrag(*args: str, env: dict[str, str] | None = None) -> None:
 
 
 def _queries(qrels: Path) -> list[str]:
-    return [json.loads(line)["query"] for line in qrels.read_text().splitlines() if line.strip()]
+    """The text queries of a qrels file (docs/evaluation.md)."""
+    rows = [json.loads(line) for line in qrels.read_text().splitlines() if line.strip()]
+    return [row["text"] for row in rows if row.get("text")]
 
 
 def _search_all(data_dir: Path, queries: list[str], k: int, filter_paths: list[str]) -> dict[str, Any]:
