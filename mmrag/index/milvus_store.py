@@ -28,6 +28,9 @@ from mmrag.store.items import ItemPayload
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # it logs every failed call; ours say why
+# Milvus Lite's in-process gRPC server logs a traceback for each call it does not implement (AllocTimestamp,
+# asked by every query iterator, which then takes the client's time): noise, not an error of ours.
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 MAX_PATH = 4096
 _UPSERT_BATCH = 2000  # rows per call: ~4 MB of 512-d float32, far below gRPC's 256 MB message limit
