@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -27,6 +28,8 @@ from mmrag.settings import MILVUS_LITE_INDEX_TYPES, Settings
 from mmrag.store.items import ItemPayload
 
 log = logging.getLogger(__name__)
+# gRPC's C core logs the closing of a connection at INFO unless told otherwise (before it is loaded)
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # it logs every failed call; ours say why
 # Milvus Lite's in-process gRPC server logs a traceback for each call it does not implement (AllocTimestamp,
 # asked by every query iterator, which then takes the client's time): noise, not an error of ours.
