@@ -83,8 +83,6 @@ def _release_lite(uri: str) -> None:
     """Stop this process's Milvus Lite server on `uri` and close its data (releasing the path's lock).
     Milvus Lite's own release_server waits 2 s of gRPC grace on every call; our client is closed, so nothing
     is in flight and the server stops at once."""
-    import os
-
     from milvus_lite.server_manager import server_manager_instance as manager
 
     servers = getattr(manager, "_servers", None)
@@ -142,7 +140,6 @@ def _check_lite_path(uri: str) -> None:
 def _lite_locked(uri: str) -> bool:
     """Whether another process holds Milvus Lite's lock on this path (one process per path)."""
     import fcntl
-    import os
     from pathlib import Path
 
     from milvus_lite.server_manager import server_manager_instance
