@@ -93,7 +93,12 @@ def _disk_bytes(path: Path) -> int:
 
 
 def bench_stores(
-    work: Path, sizes: list[int], n_queries: int, milvus_index: str = "AUTOINDEX", k: int = 10
+    work: Path,
+    sizes: list[int],
+    n_queries: int,
+    milvus_index: str = "AUTOINDEX",
+    k: int = 10,
+    backends: tuple[str, ...] = ("faiss", "milvus"),
 ) -> list[dict[str, Any]]:
     from mmrag.filters import Filters
     from mmrag.store.db import Database
@@ -109,7 +114,7 @@ def bench_stores(
         rng = np.random.default_rng(size)
         selective = Filters.of(document_ids=(rng.choice(documents, 10, replace=False) + 1).tolist())
         broad = Filters.of(path_prefixes=["/bench/folder-007"])
-        for backend in ("faiss", "milvus"):
+        for backend in backends:
             data_dir = work / f"stores-{size}-{backend}"
             shutil.rmtree(data_dir, ignore_errors=True)
             settings = load_settings(
@@ -136,6 +141,20 @@ def bench_stores(
         del vectors, ids
         gc.collect()
     return results
+
+
+def _wait_for_milvus_index(store: Any, key: str, count: int, timeout_s: float = 3600) -> None:
+    """Flush, then wait until Milvus has indexed every row (it builds in the background; a search before
+    then scans the rows not indexed yet)."""
+    name = store._name(key)
+    store.client.flush(name)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        described = store.client.describe_index(name, "vector")
+        if int(described.get("indexed_rows", 0)) >= count and not int(described.get("pending_index_rows", 0)):
+            break
+        time.sleep(2)
+    store.client.load_collection(name)
 
 
 def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -181,11 +200,9 @@ def _measure(
     insert_s = time.perf_counter() - started
     started = time.perf_counter()
     if backend == "milvus":
-        name = store._name(key)  # type: ignore[attr-defined]
-        store.client.flush(name)  # type: ignore[attr-defined]
-        store.client.load_collection(name)  # type: ignore[attr-defined]
-    else:
-        collection.optimise()  # IVF from index.ivf_min_items on, as mmrag does after a run
+        _wait_for_milvus_index(store, key, len(ids))
+    else:  # IVF from index.ivf_min_items on, as mmrag does after a run (here from these vectors)
+        store.optimise(lambda _key: (ids, vectors))
     ready_s = time.perf_counter() - started
     store.search(key, queries[:1], depth)  # first search: loads and warms, untimed
     gc.collect()
