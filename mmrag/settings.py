@@ -165,7 +165,9 @@ class MilvusSettings(_Section):
     token: SecretStr | None = None  # "user:password" or an API key; never recorded with the collection
     db_name: str = ""  # "" = Milvus's default database
     collection_prefix: str = Field("mmrag", pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}$")
-    index_type: str = "AUTOINDEX"  # HNSW, IVF_FLAT, ...; GPU_CAGRA where the server has GPUs
+    # "" = FLAT on Milvus Lite (exact, as FAISS below index.ivf_min_items: Lite is for tests and small
+    # setups) and AUTOINDEX on a server; or HNSW, IVF_FLAT, ...; GPU_CAGRA where the server has GPUs
+    index_type: str = ""
     index_params: dict[str, Any] = Field(default_factory=dict)  # e.g. {"M": 16, "efConstruction": 200}
     search_params: dict[str, Any] = Field(default_factory=dict)  # e.g. {"ef": 64} or {"nprobe": 16}
     consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
@@ -183,11 +185,14 @@ class MilvusSettings(_Section):
     @classmethod
     def _known_index_type(cls, index_type: str) -> str:
         index_type = index_type.strip().upper()
-        if index_type not in MILVUS_SERVER_INDEX_TYPES:
+        if index_type and index_type not in MILVUS_SERVER_INDEX_TYPES:
             raise ValueError(
                 f"unknown Milvus index type {index_type!r}: use one of {', '.join(MILVUS_SERVER_INDEX_TYPES)}"
             )
         return index_type
+
+    def index_type_for(self, local: bool) -> str:
+        return self.index_type or ("FLAT" if local else "AUTOINDEX")
 
     @property
     def is_local(self) -> bool:

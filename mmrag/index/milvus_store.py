@@ -225,12 +225,13 @@ class Store(VectorStore):
         self.config = settings.index.milvus
         self.uri = settings.milvus_uri
         self.local = "://" not in self.uri
-        if self.local and self.config.index_type not in MILVUS_LITE_INDEX_TYPES:
+        self.index_type = self.config.index_type_for(self.local)
+        if self.local and self.index_type not in MILVUS_LITE_INDEX_TYPES:
             raise ConfigError(
-                f"index.milvus.index_type={self.config.index_type} is not built by Milvus Lite "
+                f"index.milvus.index_type={self.index_type} is not built by Milvus Lite "
                 f"({self.uri}); it builds {', '.join(MILVUS_LITE_INDEX_TYPES)}. "
-                f"{self.config.index_type} needs a Milvus server (index.milvus.uri=http://host:19530"
-                + (", with GPUs" if self.config.index_type.startswith("GPU_") else "")
+                f"{self.index_type} needs a Milvus server (index.milvus.uri=http://host:19530"
+                + (", with GPUs" if self.index_type.startswith("GPU_") else "")
                 + ")"
             )
         self._token = self.config.token.get_secret_value() if self.config.token else ""
@@ -306,7 +307,7 @@ class Store(VectorStore):
             index_params = self.client.prepare_index_params()
             index_params.add_index(
                 field_name="vector",
-                index_type=self.config.index_type,
+                index_type=self.index_type,
                 metric_type="IP",  # unit vectors: inner product = cosine, as FAISS
                 params=dict(self.config.index_params),
             )
@@ -318,7 +319,7 @@ class Store(VectorStore):
                 index_params=index_params,
                 consistency_level=self.config.consistency_level,
             )
-            log.info("created Milvus collection %s (%s, %d-d)", name, self.config.index_type, dim)
+            log.info("created Milvus collection %s (%s, %d-d)", name, self.index_type, dim)
         self._call("load a collection", self.client.load_collection, name)
         self._keys[key] = dim
 
@@ -417,7 +418,7 @@ class Store(VectorStore):
                 self._call("describe an index", self.client.describe_index, name, "vector")["index_type"]
             )
         except MilvusError:
-            index_type = self.config.index_type
+            index_type = self.index_type
         space, _ = split_key(key)
         model_id, dim = self._models.get(space, ("", self._keys.get(key, 0)))
         return IndexInfo(
