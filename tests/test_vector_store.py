@@ -228,6 +228,22 @@ def test_a_selective_filter_on_a_large_ivf_index_returns_k_hits(tmp_path: Path, 
         close(coll)
 
 
+@pytest.mark.milvus
+def test_a_selective_filter_on_milvus_hnsw_returns_k_hits(tmp_path: Path) -> None:
+    """A graph index with a filter that keeps 1% of the items still gives k of them."""
+    hnsw = backend_settings(tmp_path / "hnsw", "milvus", milvus={"index_type": "HNSW"})
+    coll = open_collection(hnsw)
+    try:
+        rng = np.random.default_rng(9)
+        docs = [add_document(coll, f"/g/{d}.jpg", unit(rng, 100)) for d in range(30)]
+        assert "HNSW" in coll.describe()["clip.image"].type
+        _, ids = coll.search("clip", "image", unit(rng, 1), 20, Filters.of(document_ids=[docs[7]]))
+        found = coll.items_by_id(ids[0])
+        assert len(found) == 20 and {d.id for _, d in found.values()} == {docs[7]}
+    finally:
+        close(coll)
+
+
 def test_persistence_across_reopen_and_ids_never_reused(settings: Settings) -> None:
     rng = np.random.default_rng(4)
     coll = open_collection(settings)
