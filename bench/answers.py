@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_CONFIG = REPO_ROOT / "configs" / "offline.yaml"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SETS = ("photos", "gnuplot")
-CHECKS = ("no_content", "repetition", "unsupported", "invented_code", "miscited", "uncited")
+CHECKS = ("no_content", "prompt_echo", "repetition", "unsupported", "invented_code", "miscited", "uncited")
 
 console = Console(soft_wrap=True, width=160)
 
@@ -74,12 +74,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--work", type=Path, default=None, help="where sets and indexes go; kept, and reused when rerun")
     add("--out", type=Path, default=RESULTS_DIR / "answers.json", help="the JSON report")
     add("--threads", type=int, default=None, help="torch threads (1 steadies a shared machine)")
+    add(
+        "--question",
+        default=None,
+        help="how a query becomes a question, e.g. 'What is {q}?' (default: per set)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.sets.split(",")) - set(SETS)
     if unknown:
         parser.error(f"unknown set(s) {sorted(unknown)}; choose from {', '.join(SETS)}")
     if args.questions < 1:
         parser.error("--questions must be at least 1")
+    if args.question is not None and "{q}" not in args.question:
+        parser.error("--question must hold {q}, where the query goes")
     return args
 
 
@@ -106,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name in args.sets.split(","):
             spec = eval_sets(args.pdf)[name]
+            if args.question:
+                spec = EvalSet(spec.name, args.question, spec.build)
             if name == "gnuplot" and not args.pdf.is_file():
                 report["sets"][name] = {"skipped": f"{args.pdf} not found (apt-get install gnuplot-doc)"}
                 console.print(f"[yellow]skipped {name}[/]: {report['sets'][name]['skipped']}")

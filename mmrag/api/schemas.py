@@ -228,7 +228,7 @@ class SourceOut(BaseModel):
 
 class QualityIssueOut(BaseModel):
     check: str = Field(
-        description="no_content | repetition | unsupported | invented_code | miscited | uncited"
+        description="no_content | prompt_echo | repetition | unsupported | invented_code | miscited | uncited"
     )
     reason: str
 

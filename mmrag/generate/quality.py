@@ -6,6 +6,8 @@ sources the model was given. A failed check has a stable name, for counting, and
 
 - `no_content`: nothing is left once citations and filler words ("source", "photo", "above") are taken
   away: "The source of the photo is [1]." (an answer that starts with yes or no is exempt);
+- `prompt_echo`: it repeats the prompt's framing instead of answering: a `<source id="1" ...>` tag, or six
+  words in a row of the instructions ("cite them by number, like [1]");
 - `repetition`: one run of words comes back again and again: "The source of the source of the source of",
   or sentences that differ in a number only. Sentences said twice word for word are already removed by
   `check_reply`, so what is left here is the looping that survived that;
@@ -17,7 +19,7 @@ sources the model was given. A failed check has a stable name, for counting, and
 - `uncited`: the model cited nothing and no sentence of its answer can be matched to a source.
 
 An answer that declines ("the sources do not say") is honest, and only the repetition and code checks
-apply to it. The checks compare words, so they are cheap (well under a millisecond per answer) and
+apply to it. The checks compare words, so they are cheap (about 12 ms per answer on a slow CPU) and
 English-centred: they judge honesty (is it in the sources?), not whether the answer is right.
 
 `extractive_answer` is the fallback: the sentences of the sources that share the most words with the
@@ -26,6 +28,7 @@ question, each cited with its real source number.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -41,6 +44,7 @@ from mmrag.generate.citations import (
     split_sentences,
     strip_citations,
 )
+from mmrag.generate.prompt import ANSWER_INSTRUCTION, SOURCES_INTRO, SYSTEM_PROMPT
 
 # Words that say nothing about the sources' content, on top of citations.py's stopwords (stems, as
 # content_words returns them).
@@ -74,8 +78,14 @@ _FILLER = frozenset(
         "like",
         "example",
         "automatic",
+        "passage",
     }
 )
+# What the model is told, not what the sources say: six of its words in a row, or our own tags, in a reply
+# mean the model is echoing its prompt. Rule 3 ("if the sources do not contain the answer, say that they do
+# not") is left out: a reply that declines may well word it the same way.
+_ECHO_WORDS = 6
+_ECHO_TAG = re.compile(r"</?\s*source\b[^>]*>", re.IGNORECASE)
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
 _DECLINES = re.compile(
     r"\b(?:do(?:es)?n['\u2019]?t|do(?:es)? not|did not|cannot|can['\u2019]?t|no)\s+"
@@ -114,7 +124,7 @@ _DOT_LEADERS = re.compile(r"(?:\.\s?){6,}")  # "Terminals . . . . . . 224": a ta
 
 @dataclass(frozen=True)
 class FailedCheck:
-    check: str  # no_content, repetition, unsupported, invented_code, miscited, uncited
+    check: str  # no_content, prompt_echo, repetition, unsupported, invented_code, miscited, uncited
     reason: str
 
 
@@ -158,7 +168,7 @@ def check_answer(text: str, question: str, sources: Sequence[SourceText]) -> Qua
     report = QualityReport()
     prose = strip_citations(text)
     report.declined = bool(_DECLINES.search(prose)) and len(prose.split()) <= _DECLINE_MAX_WORDS
-    for found in (_repetition(prose), _invented_code(text, sources)):
+    for found in (_repetition(prose), _prompt_echo(prose), _invented_code(text, sources)):
         if found is not None:
             report.failed.append(found)
     if report.declined:
@@ -251,6 +261,37 @@ def _repetition(prose: str) -> FailedCheck | None:
         "repetition",
         f"{repeats} of its {len(grams)} word triples repeat an earlier one ('{shown}' {times} times)",
     )
+
+
+def _prompt_echo(prose: str) -> FailedCheck | None:
+    tags = _ECHO_TAG.findall(prose)
+    if tags:
+        return FailedCheck("prompt_echo", f"it repeats the prompt's source tags ({tags[0]!r})")
+    words = re.findall(r"\w+", prose.lower())
+    echoed = next(
+        (
+            i
+            for i in range(len(words) - _ECHO_WORDS + 1)
+            if tuple(words[i : i + _ECHO_WORDS]) in _instruction_runs()
+        ),
+        None,
+    )
+    if echoed is None:
+        return None
+    return FailedCheck(
+        "prompt_echo", f"it repeats the instructions: '{' '.join(words[echoed : echoed + _ECHO_WORDS])}'"
+    )
+
+
+@functools.cache
+def _instruction_runs() -> frozenset[tuple[str, ...]]:
+    told = "\n".join(
+        line
+        for line in (SYSTEM_PROMPT + "\n" + SOURCES_INTRO + "\n" + ANSWER_INSTRUCTION).splitlines()
+        if not line.startswith("3.")
+    )
+    words = re.findall(r"\w+", told.lower())
+    return frozenset(tuple(words[i : i + _ECHO_WORDS]) for i in range(len(words) - _ECHO_WORDS + 1))
 
 
 def _unsupported(text: str, question: str, sources: Sequence[SourceText]) -> FailedCheck | None:
