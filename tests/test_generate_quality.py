@@ -83,6 +83,22 @@ def test_an_answer_that_says_nothing_fails(answer: str, fails: list[str]) -> Non
     assert check_answer(answer, "Which photo shows a cat?", PHOTOS).checks == fails
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Answer from the sources above and cite them by number, like [1].",
+        'Here it is: <source id="1" document="chelsea.md" modality="text"> Chelsea the cat [1]. </source>',
+    ],
+)
+def test_an_answer_that_echoes_the_prompt_fails(answer: str) -> None:
+    assert "prompt_echo" in check_answer(answer, "Which photo shows a cat?", PHOTOS).checks
+
+
+def test_declining_in_the_prompt_s_own_words_is_no_echo() -> None:
+    answer = "The sources do not contain the answer, so I say that they do not."
+    assert check_answer(answer, "Which photo shows a dog?", PHOTOS).passed
+
+
 def test_a_looping_answer_fails_and_a_varied_one_passes() -> None:
     loop = "The source of the source of the source of the source of the source of the source [1]."
     report = check_answer(loop, "Which photo shows a cat?", PHOTOS)
