@@ -322,7 +322,10 @@ def ask(
     else:
         if result.text is not None and stream and result.citations_added:
             out.print("\nWith the citations mmrag matched to it:", markup=False)
-        if result.text is not None and (not stream or result.citations_added):
+        if result.fallback is not None:  # the reasons follow on stderr, with the other warnings
+            which = "\nThe answer above" if stream else "The model's answer"
+            out.print(f"{which} failed the quality check; instead, sentences from the sources:", markup=False)
+        if result.text is not None and (not stream or result.citations_added or result.fallback):
             out.print(result.text, markup=False, highlight=False)
         _print_answer_sources(result)
     for warning in result.warnings:

@@ -96,6 +96,9 @@ class GenerateSettings(_Section):
     max_image_side: int = Field(768, ge=16, le=4096)
     max_image_bytes: int = Field(300_000, ge=1024)  # per image, as encoded JPEG
     attribute_uncited: bool = True  # a reply without citations gets them by matching sentences to sources
+    # A reply that repeats itself, says what no source says, invents code or miscites is replaced by
+    # sentences extracted from the sources (mmrag.generate.quality); false shows every reply as it is.
+    quality_gate: bool = True
     cache_dir: Path | None = None  # de-quantised copies of .gguf models; None = $XDG_CACHE_HOME/mmrag
 
     @model_validator(mode="after")
