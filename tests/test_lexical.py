@@ -157,3 +157,12 @@ def test_the_lexical_list_is_fused_and_shown(collection: tuple[Collection, Datab
     assert all("lexical:text>text" not in hit.ranks for hit in dense_only)
     only_lexical = Retriever(coll, encoders, fusion=fusion).search("linecolor", k=5, spaces=["lexical"])
     assert [hit.path for hit in only_lexical] == ["/manual/style.txt"]
+
+
+def test_what_the_index_holds_for_an_item() -> None:
+    assert lexical.lexical_text("text", "set xrange", {}) == "set xrange"
+    assert lexical.lexical_text("page", "Figure 1", {"ocr_text": "LAUNCH PAD"}) == "Figure 1\nLAUNCH PAD"
+    assert lexical.lexical_text("text", "  ", {}) is None
+    # both spaces active: CLIP's short chunks repeat the text space's long ones, and are indexed once
+    assert lexical.lexical_text("text", "set xrange", {"spaces": ["clip"]}) is None
+    assert lexical.lexical_text("text", "set xrange", {"spaces": ["text"]}) == "set xrange"

@@ -21,7 +21,7 @@ from mmrag.retrieve.fusion import FusedHit, calibrated_fusion, raw_score_merge, 
 from mmrag.retrieve.pages import demote_list_pages, group_pages
 from mmrag.retrieve.rerank import Reranker, rerank_hits, reranker_from_settings
 from mmrag.settings import Settings
-from mmrag.store import lexical
+from mmrag.store import lexical as lexical_index
 from mmrag.store.duplicates import other_copies
 from mmrag.store.models import Document, Item
 
@@ -82,7 +82,7 @@ class Retriever:
         self.fold_duplicates = fold_duplicates  # one hit per picture, its other copies in `also_in`
         self.reranker = reranker
         self.rerank_top_n = rerank_top_n
-        self._common_words = lexical.CommonWords()
+        self._common_words = lexical_index.CommonWords()
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -150,7 +150,7 @@ class Retriever:
             return {}
         with self._stage("lexical"), self.collection.db.session() as session:
             common = (self._common_words, self.collection.generation)
-            found = lexical.search(session, self.collection.name, text, depth, wanted, common)
+            found = lexical_index.search(session, self.collection.name, text, depth, wanted, common)
         return {f"{LEXICAL}:text>{modality}": ranked for modality, ranked in found.items()}
 
     def search(
@@ -184,21 +184,35 @@ class Retriever:
             rows = {i: row for i, row in rows.items() if item_filter(*row)}
         # an index entry the database no longer has is never returned
         lists = {name: [(i, s) for i, s in ranked if i in rows] for name, ranked in lists.items()}
+        return self.after_fusion(self.fuse(lists, rows, fusion), rows, text)[:k]
+
+    def fuse(
+        self,
+        lists: dict[str, list[tuple[int, float]]],
+        rows: dict[int, tuple[Item, Document]],
+        fusion: str | None = None,
+    ) -> list[Hit]:
+        """Every candidate of `lists` in one ranking (the stages after fusion regroup and reorder them)."""
         method = fusion or self.fusion
         if method == "calibrated":
             calibration = self.calibration  # fitted on first use: not part of the fuse stage's time
-        candidates = len(rows)  # every candidate is ranked: the stages below regroup and reorder them
         with self._stage("fuse"):
             if method == "rrf":
-                fused = reciprocal_rank_fusion(lists, candidates)
+                fused = reciprocal_rank_fusion(lists, len(rows))
             elif method == "raw":
-                fused = raw_score_merge(lists, candidates)
+                fused = raw_score_merge(lists, len(rows))
             elif method == "calibrated":
                 modality_of = {i: item.modality for i, (item, _) in rows.items()}
-                fused = calibrated_fusion(lists, candidates, modality_of, calibration.z)
+                fused = calibrated_fusion(lists, len(rows), modality_of, calibration.z)
             else:
                 raise ValueError(f"unknown fusion {method!r}: use calibrated, rrf or raw")
-        hits = self._hits(fused, rows)
+        return self._hits(fused, rows)
+
+    def after_fusion(
+        self, hits: list[Hit], rows: dict[int, tuple[Item, Document]], text: str | None
+    ) -> list[Hit]:
+        """The stages after fusion, each when switched on: one hit per page, one per picture, the
+        reranker, and contents/index pages below the pages they list."""
         if self.group_pages:
             hits = group_pages(hits)
         if self.fold_duplicates:
@@ -208,7 +222,7 @@ class Retriever:
                 hits = rerank_hits(self.reranker, text, hits, self.rerank_top_n)
         if self.demote_lists:
             hits = demote_list_pages(hits, {i: item.meta or {} for i, (item, _) in rows.items()})
-        return hits[:k]
+        return hits
 
     def _fold_duplicates(self, hits: list[Hit]) -> list[Hit]:
         """One hit per picture: copies of a better-ranked image are dropped, and named in its `also_in`."""

@@ -54,7 +54,11 @@ def query_terms(text: str | None) -> list[str]:
 
 def lexical_text(modality: str, text: str | None, meta: Mapping[str, Any] | None) -> str | None:
     """What the index holds for an item: its text, plus the OCR text of a rendered page (an image's text is
-    already its caption and OCR text). None when there are no words."""
+    already its caption and OCR text). None when there are no words, and for CLIP's own short chunks when
+    the text space has longer chunks of the same words (meta "spaces": ["clip"]): they are indexed once."""
+    spaces = (meta or {}).get("spaces")
+    if modality == "text" and isinstance(spaces, list) and "text" not in spaces:
+        return None
     parts = [text or ""]
     ocr = (meta or {}).get("ocr_text")
     if modality == "page" and isinstance(ocr, str) and ocr.strip() and ocr not in parts[0]:
