@@ -256,7 +256,8 @@ def _hit_notes(hit: Any) -> str:
     if hit.more_on_page:
         notes.append(f"+{hit.more_on_page} on this page")
     if hit.also_in:
-        notes.append("also in: " + ", ".join(hit.also_in))
+        copies = [Path(c["path"]).name + (f" p.{c['page']}" if c["page"] else "") for c in hit.also_in]
+        notes.append("also in: " + ", ".join(copies))
     return "".join(f" [{note}]" for note in notes)
 
 

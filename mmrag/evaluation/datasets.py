@@ -79,7 +79,6 @@ GNUPLOT_PACKAGE = "gnuplot-doc"
 # printed page numbers 6 behind the PDF's (front matter), a 4-page contents and a 9-page index.
 BASHREF_PDF = Path("/usr/share/doc/bash/bashref.pdf")
 BASHREF_PACKAGE = "bash-doc"
-_PACKAGE_OF = {GNUPLOT_PDF: GNUPLOT_PACKAGE, BASHREF_PDF: BASHREF_PACKAGE}
 
 # Photo name -> hand-typed queries; which files answer them follows from the name (module docstring).
 PHOTO_QUERIES: dict[str, tuple[str, ...]] = {
@@ -287,7 +286,7 @@ def build_pdf_sections_set(
         raise ValueError(f"n_queries must be at least 1 (or None for all), got {n_queries}")
     source = Path(pdf)
     if not source.is_file():
-        package = _PACKAGE_OF.get(source)
+        package = {GNUPLOT_PDF: GNUPLOT_PACKAGE, BASHREF_PDF: BASHREF_PACKAGE}.get(source)
         if package is not None:
             raise EvalSetError(
                 f"{source} not found: it comes with Debian's {package} package "

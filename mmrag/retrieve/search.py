@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -47,7 +48,8 @@ class Hit:
     scores: dict[str, float] = field(default_factory=dict)  # raw cosine per list
     calibrated: dict[str, float] = field(default_factory=dict)  # z-score per list (calibrated fusion)
     more_on_page: int = 0  # other items of this PDF page that matched, folded into this hit
-    also_in: list[str] = field(default_factory=list)  # other copies of this picture: "report.pdf p.3"
+    # other copies of this picture (near-duplicates folded into this hit): {"path": ..., "page": 3 | None}
+    also_in: list[dict[str, Any]] = field(default_factory=list)
     list_page: bool = False  # a table of contents or index page (ranked below the pages it lists)
 
     def to_dict(self) -> dict[str, object]:
@@ -231,7 +233,7 @@ class Retriever:
         if not copies:
             return hits
         return [
-            replace(folded.hit, also_in=[location.label() for location in folded.also_in])
+            replace(folded.hit, also_in=[{"path": copy.path, "page": copy.page} for copy in folded.also_in])
             for folded in fold_duplicates(hits, copies)
         ]
 
