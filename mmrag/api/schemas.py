@@ -356,6 +356,11 @@ class HitOut(BaseModel):
     ranks: dict[str, int] = Field(description="Rank in each list that found it: 'space:query>modality'")
     scores: dict[str, float] = Field(description="Raw cosine in each list that found it")
     calibrated: dict[str, float] = Field(description="Calibrated z-score in each list (calibrated fusion)")
+    more_on_page: int = Field(0, description="Other items of this page (or text file) that matched")
+    also_in: list[dict[str, Any]] = Field(
+        default_factory=list, description="Other copies of this picture: [{'path': ..., 'page': 3}]"
+    )
+    list_page: bool = Field(False, description="A contents or index page (ranked below the pages it lists)")
     image_url: str | None = Field(None, description="The item's picture, for image and page items")
 
 
