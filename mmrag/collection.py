@@ -37,7 +37,7 @@ from mmrag.index.base import IndexInfo, VectorStore, Where, index_key, open_stor
 from mmrag.settings import Settings
 from mmrag.store import collections as collection_rows
 from mmrag.store import items as rows
-from mmrag.store import pending
+from mmrag.store import lexical, pending
 from mmrag.store.db import Database
 from mmrag.store.items import NewItem, pack_vector, unpack_vectors
 from mmrag.store.models import Document, Item
@@ -503,6 +503,24 @@ class Collection:
 
     def items_by_id(self, ids: Iterable[int]) -> dict[int, tuple[Item, Document]]:
         return rows.items_by_id(self.db, self.name, ids)
+
+    def lexical_search(
+        self,
+        text: str,
+        depth: int,
+        modalities: Sequence[str],
+        filters: Filters | None = None,
+        common: lexical.CommonWords | None = None,
+    ) -> dict[str, list[tuple[int, float]]]:
+        """Modality -> the `depth` best (item id, BM25 score) of the lexical index; with `filters`, of the
+        items they accept (inside the search, as for the vector stores)."""
+        wanted = [m for m in modalities if filters is None or filters.wants_modality(m)]
+        documents = None
+        if filters is not None and filters.narrows_items:
+            documents = rows.matching_document_ids(self.db, self.name, filters)
+        with self.db.session() as session:
+            cache = (common, self.generation) if common is not None else None
+            return lexical.search(session, self.name, text, depth, wanted, cache, documents)
 
     def search(
         self, space: str, modality: str, queries: np.ndarray, k: int, filters: Filters | None = None

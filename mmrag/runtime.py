@@ -89,14 +89,15 @@ class Runtime:
     def retriever(
         self, collection: Collection | None = None, on_stage: StageTimer | None = None
     ) -> Retriever:
-        from mmrag.retrieve.search import Retriever
+        """The retriever `settings.retrieve` describes (fusion, lexical list, pages, duplicates, reranker)."""
+        from mmrag.retrieve.search import retriever_from_settings
 
         target = collection or self.collection
         assert target is not None, "open a collection first"
-        return Retriever(
+        return retriever_from_settings(
+            self.settings,
             target,
             self.encoders,
-            fusion=self.settings.retrieve.fusion,
             captioner=self.captioner if self.clip is None else None,
             on_stage=on_stage,
         )

@@ -36,7 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             )
             # the item the item routes are tested with, where the generated deletes (of "default"'s
             # documents 1, 2, ...) do not reach it
-            ingest(client, "kept", [("coffee.jpg", photo_bytes("coffee")), ("figure.pdf", _pdf_of("coffee"))])
+            # (two different photos: copies of one picture would be folded into one hit)
+            ingest(client, "kept", [("coffee.jpg", photo_bytes("coffee")), ("figure.pdf", _pdf_of("rocket"))])
         yield running
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from mmrag.collection import Collection, NewItem
 from mmrag.errors import ExtractionError, MmragError
+from mmrag.ingest.dedup import fingerprint_meta
 from mmrag.ingest.discover import (
     DiscoveredFile,
     SkippedFile,
@@ -27,9 +28,10 @@ from mmrag.ingest.discover import (
 )
 from mmrag.ingest.images import extract_image_file, fit_for_model, make_thumbnail
 from mmrag.ingest.items import ExtractedItem, FileKind, Modality
-from mmrag.ingest.text import extract_text_file
+from mmrag.ingest.text import chunkings_for, extract_text_file
 from mmrag.ingest.vectorise import PendingItem, Vectoriser
 from mmrag.settings import Settings
+from mmrag.store.duplicates import DuplicateGrouper
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Indexer:
         self.document_meta = document_meta or {}  # resolved path -> metadata stored with its document
         self.batch_size = settings.models.batch_size
         self._pending: list[_PendingDoc] = []
+        # near-duplicate groups grow as documents commit (one reading of the collection's groups per run)
+        self._duplicates = DuplicateGrouper(collection.db, collection.name)
 
     # ---- the run --------------------------------------------------------------------------------------
 
@@ -197,16 +201,19 @@ class Indexer:
         ingest = self.settings.ingest
         if file.kind is FileKind.IMAGE:
             return extract_image_file(file.path, ingest)
+        chunkings = chunkings_for(ingest, self.settings.spaces)
         if file.kind is FileKind.PDF:
             from mmrag.ingest.pdf import extract_pdf  # PyMuPDF loads in ~1 s: only when there is a PDF
 
-            return extract_pdf(file.path, ingest)
-        return extract_text_file(file.path, ingest)
+            return extract_pdf(file.path, ingest, chunkings)
+        return extract_text_file(file.path, ingest, chunkings)
 
     def _prepare(self, extracted: ExtractedItem) -> PendingItem:
         thumbnail = None
         if extracted.image is not None:
             thumbnail = self._write_thumbnail(extracted)
+            if extracted.modality is Modality.IMAGE:  # before resizing: every copy is read at full size
+                extracted.meta.update(fingerprint_meta(extracted.image))
             extracted.image = fit_for_model(extracted.image)
         return PendingItem(extracted, thumbnail)
 
@@ -307,7 +314,7 @@ class Indexer:
                 len(doc.items) - len(items),
                 len(doc.items),
             )
-        self.collection.replace_document(
+        doc_id = self.collection.replace_document(
             path=doc.path,
             path_bytes=path_bytes_if_escaped(doc.file.path),
             kind=doc.file.kind.value,
@@ -317,6 +324,7 @@ class Indexer:
             items=items,
             meta=self.document_meta.get(doc.path),
         )
+        self._duplicates.assign_document(doc_id)
         self._since_save += 1
         return FileOutcome(doc.path, "indexed", items=len(items))
 

@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from mmrag.filters import Filters, is_under
+from mmrag.store import lexical
 from mmrag.store.db import Database
 from mmrag.store.models import Document, Item, ItemVector
 
@@ -243,6 +244,14 @@ def replace_document(
     ]
     session.add_all(rows)
     session.flush()
+    lexical.index_items(  # same transaction: the lexical index never disagrees with the items
+        session,
+        collection,
+        (
+            (row.id, it.modality, lexical.lexical_text(it.modality, it.text, it.meta))
+            for row, it in zip(rows, items, strict=True)
+        ),
+    )
     for row, it in zip(rows, items, strict=True):
         session.add_all(
             ItemVector(item_id=row.id, space=space, vector=pack_vector(vec))
@@ -307,6 +316,18 @@ def modality_counts(db: Database, collection: str) -> dict[str, int]:
         }
 
 
+def text_counts_by_modality(session: Session, collection: str) -> dict[str, int]:
+    """Inside a transaction: how many of the collection's items of each modality have text."""
+    return {
+        str(m): int(n)
+        for m, n in session.execute(
+            select(Item.modality, func.count())
+            .where(Item.collection == collection, Item.text.is_not(None))
+            .group_by(Item.modality)
+        )
+    }
+
+
 def payloads(db: Database, collection: str, ids: Sequence[int]) -> dict[int, ItemPayload]:
     found: dict[int, ItemPayload] = {}
     with db.session() as session:
@@ -321,8 +342,8 @@ def payloads(db: Database, collection: str, ids: Sequence[int]) -> dict[int, Ite
     return found
 
 
-def matching_item_ids(db: Database, collection: str, modality: str, filters: Filters) -> np.ndarray:
-    """Sorted ids of the collection's items of `modality` that `filters` accepts (documents, folders,
+def matching_document_ids(db: Database, collection: str, filters: Filters) -> list[int]:
+    """Sorted ids of the collection's indexed documents that `filters` accepts (documents, folders,
     metadata). Metadata is compared in Python, where JSON equality is the same on every database."""
     conditions = [Document.collection == collection, Document.status == "indexed"]
     if filters.document_ids:
@@ -338,8 +359,14 @@ def matching_item_ids(db: Database, collection: str, modality: str, filters: Fil
         )
     with db.session() as session:
         docs = session.execute(select(Document.id, Document.path, Document.meta).where(*conditions)).all()
-        wanted = [d for d, path, meta in docs if filters.accepts_document(d, path, meta)]
-        ids: list[int] = []
+    return sorted(d for d, path, meta in docs if filters.accepts_document(d, path, meta))
+
+
+def matching_item_ids(db: Database, collection: str, modality: str, filters: Filters) -> np.ndarray:
+    """Sorted ids of the collection's items of `modality` in the documents `filters` accepts."""
+    wanted = matching_document_ids(db, collection, filters)
+    ids: list[int] = []
+    with db.session() as session:
         for part in _chunks(wanted):
             ids.extend(
                 session.scalars(select(Item.id).where(Item.document_id.in_(part), Item.modality == modality))

@@ -1,4 +1,4 @@
-"""The items a durable vector store has not acknowledged yet (table pending_vectors, migration 0008).
+"""The items a durable vector store has not acknowledged yet (table pending_vectors, migration 0009).
 
 A write queues its items' upserts (and the deletes of the items it replaces) in its own transaction; once the
 store acknowledges them the rows go. Whatever a killed process left is retried by the next writer.

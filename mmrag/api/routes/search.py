@@ -203,6 +203,9 @@ def hit_out(service: Service, found: FoundItem) -> HitOut:
         ranks=hit.ranks,
         scores=hit.scores,
         calibrated=hit.calibrated,
+        more_on_page=hit.more_on_page,
+        also_in=[{**copy, "path": service.public_path(copy["path"])} for copy in hit.also_in],
+        list_page=hit.list_page,
         image_url=f"/v1/items/{hit.item_id}/image" if hit.modality != "text" else None,
     )
 
