@@ -33,7 +33,7 @@ STEPS = ("clip", "offline", "pdf", "query")
 FULL_SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (2_000, 5_000)
 
-console = Console(soft_wrap=True, width=160)  # the tables are wide; a log file is not a terminal
+console = Console(soft_wrap=True, width=240)  # the tables are wide; a log file is not a terminal
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
