@@ -10,6 +10,10 @@ mmrag itself makes when it switches layout. Then, per query text:
 - full: `Retriever.search(text, k)`: the same two steps, plus the database lookup of every hit and
   calibrated fusion, which is what `mmrag query` and the service run.
 
+The text tower runs on each query's real tokens (mmrag.embed.clip_text). At the first size, flat, the
+floor and the full search are also timed with the tower run padded to 77 tokens, as before that change,
+query by query in turn with the trimmed run. The query cache is off: every query here is encoded.
+
 Vectors live only in the index here: the database's copy of each vector (float16, used to repair and
 rebuild indexes) is not written, because no query reads it. The query encoder is open_clip ViT-B-32 with
 random weights (512-d): the same cost as trained weights.
@@ -109,8 +113,10 @@ def bench_queries(
     from mmrag.store.db import Database
 
     model_id, _ = random_clip_checkpoint()
-    base = load_settings(None, data_dir=work / "query", models={"clip": model_id, "device": "cpu"})
+    models = {"clip": model_id, "device": "cpu", "query_cache_size": 0}  # every query is encoded
+    base = load_settings(None, data_dir=work / "query", models=models)
     encoder = ClipEmbedder(base.models)
+    padded = ClipEmbedder(base.models, trim_text=False)
     if encoder.dim != dim:
         raise ValueError(f"the query encoder gives {encoder.dim}-d vectors, not {dim}")
     texts = query_texts(n_queries)
@@ -136,7 +142,10 @@ def bench_queries(
                     }
                 )
                 continue
-            row = _measure_layout(settings, db, encoder, model_id, layout, ids, vectors, texts, k, depth)
+            before = padded if (size, layout) == (sizes[0], "flat") else None
+            row = _measure_layout(
+                settings, db, encoder, model_id, layout, ids, vectors, texts, k, depth, before
+            )
             row["db_fill_s"] = db_s
             results.append(row)
             log.info("queries at %d items, %s: %s", size, layout, row["full"])
@@ -158,8 +167,10 @@ def _measure_layout(
     texts: list[str],
     k: int,
     depth: int,
+    padded: Any = None,
 ) -> dict[str, Any]:
-    """Build one index layout over (ids, vectors), then time every query's floor and full search."""
+    """Build one index layout over (ids, vectors), then time every query's floor and full search (and
+    with `padded`, the same with the text tower run on 77 tokens, in turn with the trimmed runs)."""
     from mmrag.collection import Collection
     from mmrag.index.vector_index import VectorIndex
     from mmrag.retrieve.search import Retriever
@@ -186,22 +197,41 @@ def _measure_layout(
     collection.indexes[f"{SPACE}.{MODALITY}"] = index
     retriever = Retriever(collection, [encoder], fusion="calibrated")
     retriever.search(texts[0], k=k)  # fits the calibration and warms every cache, untimed
+    before = Retriever(collection, [padded], fusion="calibrated") if padded is not None else None
+    if before is not None:
+        before.search(texts[0], k=k)
 
-    encode_s, search_s, floor_s, full_s = [], [], [], []
-    returned = 0
-    for text in texts:
+    def one(text: str, enc: Any, ret: Any, into: dict[str, list[float]]) -> int:
         started = time.perf_counter()
-        query = encoder.encode_texts([text])
+        query = enc.encode_texts([text])
         encoded = time.perf_counter()
         index.search(query, depth)
         finished = time.perf_counter()
-        hits = retriever.search(text, k=k)
-        full_s.append(time.perf_counter() - finished)
-        encode_s.append(encoded - started)
-        search_s.append(finished - encoded)
-        floor_s.append(finished - started)
-        returned += len(hits)
-    full, floor = latency_summary(full_s), latency_summary(floor_s)
+        hits = ret.search(text, k=k)
+        into["full"].append(time.perf_counter() - finished)
+        into["encode"].append(encoded - started)
+        into["search"].append(finished - encoded)
+        into["floor"].append(finished - started)
+        return len(hits)
+
+    now: dict[str, list[float]] = {"full": [], "encode": [], "search": [], "floor": []}
+    then: dict[str, list[float]] = {"full": [], "encode": [], "search": [], "floor": []}
+    returned = 0
+    for text in texts:
+        returned += one(text, encoder, retriever, now)
+        if before is not None:
+            one(text, padded, before, then)
+    full, floor = latency_summary(now["full"]), latency_summary(now["floor"])
+    encode_s, search_s = now["encode"], now["search"]
+    padded_row = {}
+    if before is not None:
+        padded_row = {
+            "padded_77_tokens": {
+                "full": latency_summary(then["full"]),
+                "floor": latency_summary(then["floor"]),
+                "encode": latency_summary(then["encode"]),
+            }
+        }
     return {
         "items": size,
         "layout": index.manifest.index_type,
@@ -221,4 +251,6 @@ def _measure_layout(
         "faiss_search": latency_summary(search_s),
         "full_vs_floor_p50": full["p50_ms"] / floor["p50_ms"],
         "full_vs_floor_p99": full["p99_ms"] / floor["p99_ms"],
+        "text_tokens": "real" if encoder.trims_text else "padded",
+        **padded_row,
     }

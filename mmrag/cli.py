@@ -46,6 +46,9 @@ def main(
     ] = None,
     collection: Annotated[str | None, typer.Option(help="Collection to work on.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(min=0, help="torch, FAISS and ONNX Runtime threads (0 = auto).")
+    ] = None,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -59,10 +62,16 @@ def main(
         _State.overrides["data_dir"] = data_dir
     if collection is not None:
         _State.overrides["collection"] = collection
+    if threads is not None:
+        _State.overrides["threads"] = threads
 
 
 def _settings(**extra: Any) -> Settings:
-    return load_settings(_State.config, **_State.overrides, **extra)
+    from mmrag.threads import apply_threads
+
+    settings = load_settings(_State.config, **_State.overrides, **extra)
+    apply_threads(settings.threads)  # before any model or index loads: OpenMP reads it once
+    return settings
 
 
 def _fail(exc: Exception, code: int = 2) -> typer.Exit:
@@ -392,18 +401,18 @@ def serve(
 ) -> None:
     """Run the REST service (docs at /docs, schema at /openapi.json). Needs `pip install 'mmrag[serve]'`."""
     # Requests run on a pool of threads, each with its own OpenMP team in torch and FAISS; spinning teams
-    # starve each other on a busy CPU (queries 5-10x slower on 2 cores). Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # starve each other on a busy CPU (queries 5-10x slower on 2 cores). The settings (which apply the
+    # thread count and OMP_WAIT_POLICY=PASSIVE, mmrag.threads) come first: the API's imports load FAISS.
+    try:
+        settings = _settings()
+    except MmragError as exc:
+        raise _fail(exc) from None
     try:
         import uvicorn
 
         from mmrag.api import create_app
     except ImportError as exc:
         raise _fail(MmragError(f"the service needs its extras: pip install 'mmrag[serve]' ({exc})")) from None
-    try:
-        settings = _settings()
-    except MmragError as exc:
-        raise _fail(exc) from None
     if not settings.api.api_key_hashes:
         err.print("[yellow]no API keys configured (api.api_key_hashes):[/] every client is let in")
     uvicorn.run(
