@@ -28,7 +28,7 @@ from bench.common import latency_summary, random_clip_checkpoint
 log = logging.getLogger(__name__)
 
 FULL = {"images": 2048, "batch": 256, "items": 1_000_000, "queries": 200, "ivf_min": 100_000}
-QUICK = {"images": 24, "batch": 8, "items": 20_000, "queries": 10, "ivf_min": 1_000}
+QUICK = {"images": 8, "batch": 4, "items": 5_000, "queries": 5, "ivf_min": 1_000}
 _PHOTO_FILES = 256  # distinct photos decoded; the image list repeats them to FULL["images"]
 
 
@@ -47,7 +47,9 @@ def bench_gpu(work: Path, quick: bool) -> dict[str, Any]:
     gc.collect()
     result["faiss"] = _faiss(device, sizes)
     counts = [1, 2] if quick else default_counts(usable_cores())
-    result["threads"] = bench_threads(counts, queries=5 if quick else 20, items=sizes["items"] // 10)
+    result["threads"] = bench_threads(
+        counts, queries=3 if quick else 20, images=4 if quick else 32, items=sizes["items"] // 10
+    )
     return result
 
 

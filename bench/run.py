@@ -183,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             _step(
                 "threads",
                 lambda: bench_threads(
-                    counts, queries=5 if args.quick else 20, items=10_000 if args.quick else 100_000
+                    counts,
+                    queries=3 if args.quick else 20,
+                    images=4 if args.quick else 32,
+                    items=2_000 if args.quick else 100_000,
                 ),
                 results,
                 "threads",

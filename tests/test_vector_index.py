@@ -165,9 +165,9 @@ def test_adding_past_the_threshold_does_not_convert_a_flat_index() -> None:
     assert index.manifest.index_type == "flat"
 
 
-def test_nlist_is_about_sqrt_n_with_enough_training_points() -> None:
-    assert choose_nlist(1000) == 1000 // 39  # small: as many lists as 39 points each allow
-    assert (choose_nlist(100_000), choose_nlist(1_000_000)) == (316, 1000)
+def test_nlist_is_sqrt_half_n_with_enough_training_points() -> None:
+    assert choose_nlist(1000) == 22 and choose_nlist(500) == 500 // 39  # tiny: 39 points per list at least
+    assert (choose_nlist(100_000), choose_nlist(1_000_000)) == (224, 707)
     assert all(choose_nlist(n) * 39 <= n for n in (1000, 5000, 100_000, 10_000_000))
     assert choose_nlist(10**12) == 65536
 
@@ -182,9 +182,8 @@ def test_training_sample_is_sized_to_the_list_count() -> None:
         assert 39 * nlist <= training_size(count, nlist) <= 256 * nlist
 
 
-def test_nprobe_auto_searches_a_sixteenth_of_the_lists_and_at_least_sixteen() -> None:
-    assert (choose_nprobe(1000), choose_nprobe(316), choose_nprobe(25)) == (63, 20, 16)
-    assert choose_nprobe(10) == 10  # never more lists than there are
+def test_nprobe_auto_searches_64_lists_or_all_of_fewer() -> None:
+    assert (choose_nprobe(707), choose_nprobe(224), choose_nprobe(22)) == (64, 64, 22)
     assert (choose_nprobe(1000, setting=8), choose_nprobe(4, setting=8)) == (8, 4)  # a setting wins
 
 
