@@ -284,6 +284,14 @@ def print_ingest(steps: dict[str, Any]) -> None:
             others,
         )
     console.print(ingest)
+    clip = steps.get("clip_images", {})
+    if "round_pipeline_vs_bare_forward" in clip:
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in clip["round_pipeline_vs_bare_forward"])
+        console.print(
+            f"CLIP road, {clip['torch_threads']} torch thread(s): pipeline / bare forward per round "
+            f"{rounds}; in CPU seconds (the work, whatever else runs on the machine) "
+            f"{clip['pipeline_vs_bare_forward_cpu']:.3f}"
+        )
     pdf = steps.get("pdf_pages", {})
     if "sections_eval" in pdf:
         scores = pdf["sections_eval"]
