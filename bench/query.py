@@ -7,8 +7,14 @@ mmrag itself makes when it switches layout. Then, per query text:
 
 - floor: the CLIP text tower encodes the query, then FAISS searches the index at the depth the retriever
   asks for (max(3k, 30));
-- full: `Retriever.search(text, k)`: the same two steps, plus the database lookup of every hit and
-  calibrated fusion, which is what `mmrag query` and the service run.
+- full: `Retriever.search(text, k)`: the same two steps, plus the lexical (BM25) list, the database
+  lookup of every hit and calibrated fusion, which is what `mmrag query` and the service run;
+- dense: the same search with the lexical list off (`retrieve.lexical: false`), timed query by query
+  beside `full`, so their ratio is the lexical list's cost in the same run.
+
+Every item holds a caption like the caption road writes ("a photo of a tench, goldfish, great white
+shark": three ImageNet labels drawn at random), indexed for lexical search in the same database: every
+query ("a photo of a ...") shares the word "photo" with every item, the worst case the lexical list meets.
 
 The text tower runs on each query's real tokens (mmrag.embed.clip_text). At the first size, flat, the
 floor and the full search are also timed with the tower run padded to 77 tokens, as before that change,
@@ -33,6 +39,7 @@ import numpy as np
 
 from bench.common import latency_summary, random_clip_checkpoint, rss_bytes, timed
 from mmrag.settings import Settings, load_settings
+from mmrag.store import lexical
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +60,21 @@ def random_unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
     return out
 
 
+def captions(count: int, seed: int = 0) -> list[str]:
+    """What the caption road writes for `count` photos: "a photo of a" and three ImageNet labels."""
+    from mmrag.caption.efficientnet import imagenet_labels
+
+    labels = list(imagenet_labels())
+    rng = random.Random(seed)
+    return [f"a photo of a {', '.join(rng.sample(labels, 3))}" for _ in range(count)]
+
+
 def fill_database(db: Any, collection: str, count: int) -> None:
-    """Documents and items 1..count as mmrag's tables hold them, written with the driver's executemany
-    (the ORM would take minutes at a million rows; what is measured later is reading them)."""
+    """Documents and items 1..count as mmrag's tables hold them, with their captions in the lexical index,
+    written with the driver's executemany (the ORM would take minutes at a million rows; what is measured
+    later is reading them)."""
     stamp = "2025-01-01 00:00:00.000000"
+    texts = captions(count)
     documents = (count + ITEMS_PER_DOCUMENT - 1) // ITEMS_PER_DOCUMENT
     with db.engine.begin() as connection:
         for start in range(0, documents, _ROW_CHUNK):
@@ -72,7 +90,7 @@ def fill_database(db: Any, collection: str, count: int) -> None:
         for start in range(0, count, _ROW_CHUNK):
             connection.exec_driver_sql(
                 "INSERT INTO items (id, document_id, collection, modality, page, bbox, text, thumbnail, "
-                "content_hash, meta, created_at) VALUES (?, ?, ?, ?, ?, '[0, 0, 100, 100]', NULL, ?, ?, "
+                "content_hash, meta, created_at) VALUES (?, ?, ?, ?, ?, '[0, 0, 100, 100]', ?, ?, ?, "
                 "'{}', ?)",
                 [
                     (
@@ -81,10 +99,18 @@ def fill_database(db: Any, collection: str, count: int) -> None:
                         collection,
                         MODALITY,
                         (i - 1) % ITEMS_PER_DOCUMENT + 1,
+                        texts[i - 1],
                         f"thumbnails/{i % 256:02x}/{i:064x}.webp",
                         f"{i:064x}",
                         stamp,
                     )
+                    for i in range(start + 1, min(start + _ROW_CHUNK, count) + 1)
+                ],
+            )
+            connection.exec_driver_sql(
+                f"INSERT INTO {lexical.TABLE} (rowid, text, collection, modality) VALUES (?, ?, ?, ?)",
+                [
+                    (i, texts[i - 1], collection, MODALITY)
                     for i in range(start + 1, min(start + _ROW_CHUNK, count) + 1)
                 ],
             )
@@ -195,33 +221,48 @@ def _measure_layout(
 
     collection = Collection(settings.model_copy(update={"index": index_settings}), db, [encoder])
     collection.indexes[f"{SPACE}.{MODALITY}"] = index
-    retriever = Retriever(collection, [encoder], fusion="calibrated")
-    retriever.search(texts[0], k=k)  # fits the calibration and warms every cache, untimed
-    before = Retriever(collection, [padded], fusion="calibrated") if padded is not None else None
-    if before is not None:
-        before.search(texts[0], k=k)
+    stages: dict[str, list[float]] = {}
 
-    def one(text: str, enc: Any, ret: Any, into: dict[str, list[float]]) -> int:
+    def on_stage(stage: str, seconds: float) -> None:
+        stages.setdefault(stage, []).append(seconds)
+
+    retriever = Retriever(collection, [encoder], fusion="calibrated", on_stage=on_stage)
+    dense = Retriever(collection, [encoder], fusion="calibrated", lexical=False)
+    before = Retriever(collection, [padded], fusion="calibrated") if padded is not None else None
+    for warming in (retriever, dense, before):  # fits the calibration and warms every cache, untimed
+        if warming is not None:
+            warming.search(texts[0], k=k)
+    stages.clear()
+
+    def floor_of(text: str, enc: Any, into: dict[str, list[float]]) -> None:
         started = time.perf_counter()
         query = enc.encode_texts([text])
         encoded = time.perf_counter()
         index.search(query, depth)
         finished = time.perf_counter()
-        hits = ret.search(text, k=k)
-        into["full"].append(time.perf_counter() - finished)
         into["encode"].append(encoded - started)
         into["search"].append(finished - encoded)
         into["floor"].append(finished - started)
-        return len(hits)
 
-    now: dict[str, list[float]] = {"full": [], "encode": [], "search": [], "floor": []}
+    def searched(ret: Any, text: str, times: list[float]) -> int:
+        begun = time.perf_counter()
+        found = ret.search(text, k=k)
+        times.append(time.perf_counter() - begun)
+        return len(found)
+
+    now: dict[str, list[float]] = {"full": [], "dense": [], "encode": [], "search": [], "floor": []}
     then: dict[str, list[float]] = {"full": [], "encode": [], "search": [], "floor": []}
     returned = 0
-    for text in texts:
-        returned += one(text, encoder, retriever, now)
-        if before is not None:
-            one(text, padded, before, then)
-    full, floor = latency_summary(now["full"]), latency_summary(now["floor"])
+    for number, text in enumerate(texts):
+        floor_of(text, encoder, now)
+        # alternating which goes first: neither always meets warm caches
+        for searcher, times in [(retriever, now["full"]), (dense, now["dense"])][:: 1 if number % 2 else -1]:
+            found = searched(searcher, text, times)
+            returned += found if searcher is retriever else 0
+        if before is not None:  # the padded text tower, query by query in turn with the trimmed one
+            floor_of(text, padded, then)
+            searched(before, text, then["full"])
+    full, floor, dense_summary = (latency_summary(now[key]) for key in ("full", "floor", "dense"))
     encode_s, search_s = now["encode"], now["search"]
     padded_row = {}
     if before is not None:
@@ -251,6 +292,9 @@ def _measure_layout(
         "faiss_search": latency_summary(search_s),
         "full_vs_floor_p50": full["p50_ms"] / floor["p50_ms"],
         "full_vs_floor_p99": full["p99_ms"] / floor["p99_ms"],
+        "dense": dense_summary,
+        "lexical_stage": latency_summary(stages.get("lexical", [0.0])),  # the BM25 query alone, in `full`
+        "full_vs_dense_p50": full["p50_ms"] / dense_summary["p50_ms"],
         "text_tokens": "real" if encoder.trims_text else "padded",
         **padded_row,
     }

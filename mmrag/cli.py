@@ -12,11 +12,21 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
+from mmrag import __version__
 from mmrag.errors import MmragError
-from mmrag.settings import Settings, load_settings
+from mmrag.settings import Settings
 
 if TYPE_CHECKING:
     from mmrag.generate.answer import Answer
@@ -26,6 +36,7 @@ app = typer.Typer(
     help="Index and search your images, scans and PDFs.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: flags without metavars, and [extras] printed as written
 )
 err = Console(stderr=True, soft_wrap=True)  # paths in messages must survive intact for grep
 out = Console(soft_wrap=True)
@@ -34,13 +45,27 @@ out = Console(soft_wrap=True)
 class _State:
     """Global options, set by the callback before any command runs."""
 
-    config: Path | None = None
+    config: str | None = None
     overrides: ClassVar[dict[str, Any]] = {}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"mmrag {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
 def main(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML settings file, or a packaged profile by name (offline). A collection remembers the "
+            "setup it was built with: later commands on it need no --config.",
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Where indexes, database and thumbnails live.")
     ] = None,
@@ -49,6 +74,9 @@ def main(
     threads: Annotated[
         int | None, typer.Option(min=0, help="torch, FAISS and ONNX Runtime threads (0 = auto).")
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -66,10 +94,16 @@ def main(
         _State.overrides["threads"] = threads
 
 
-def _settings(**extra: Any) -> Settings:
+def _settings(needs_models: bool = True, **extra: Any) -> Settings:
+    """The command's settings: the collection's recorded setup under what was given explicitly, and on a
+    first run, settings whose models can load here (notes say what was chosen)."""
+    from mmrag.runtime import resolve_settings
     from mmrag.threads import apply_threads
 
-    settings = load_settings(_State.config, **_State.overrides, **extra)
+    settings, notes = resolve_settings(_State.config, {**_State.overrides, **extra}, needs_models)
+    for note in notes:
+        err.print("[yellow]note:[/] ", end="")
+        err.print(note, markup=False, highlight=False)
     apply_threads(settings.threads)  # before any model or index loads: OpenMP reads it once
     return settings
 
@@ -79,11 +113,17 @@ def _fail(exc: Exception, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _runtime(**extra: Any):  # type: ignore[no-untyped-def]
-    from mmrag.runtime import open_runtime
+def _runtime(needs_models: bool = True, needs_index: bool = False, **extra: Any):  # type: ignore[no-untyped-def]
+    """needs_index: the command reads what was indexed; on a data dir with nothing in it, it says so
+    (and creates nothing)."""
+    from mmrag.runtime import database_exists, open_runtime
+    from mmrag.settings import load_settings
 
-    settings = _settings(**extra)
-    rt = open_runtime(settings)
+    if needs_index:
+        given = load_settings(_State.config, **_State.overrides, **extra)
+        if not database_exists(given):
+            raise MmragError(_nothing_indexed(given))
+    rt = open_runtime(_settings(needs_models, **extra))
     for rep in rt.repairs:
         if rep.changed:
             what = "rebuilt" if rep.rebuilt else f"added {rep.added}, removed {rep.removed}"
@@ -91,22 +131,36 @@ def _runtime(**extra: Any):  # type: ignore[no-untyped-def]
     return rt
 
 
+def _nothing_indexed(settings: Settings) -> str:
+    return (
+        f"nothing is indexed in collection {settings.collection!r} (data dir {settings.data_dir}): "
+        "run `mmrag index DIR` first"
+    )
+
+
 class _RichProgress:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.task = progress.add_task("indexing", total=None, items=0, rate="")
-        self.items = 0
+        self.items = 0  # embedded, not only committed: the count moves while a batch of files is open
 
     def start(self, total_files: int) -> None:
         self.progress.update(self.task, total=total_files)
 
-    def file_done(self, outcome: Any) -> None:
-        self.items += outcome.items
+    def items_embedded(self, count: int) -> None:
+        self.items += count
         elapsed = self.progress.tasks[self.task].elapsed or 0.0
         rate = f"{self.items / elapsed:.1f} items/s" if elapsed > 1 else ""
-        self.progress.update(self.task, advance=1, items=self.items, rate=rate)
+        self.progress.update(self.task, items=self.items, rate=rate)
+
+    def file_done(self, outcome: Any) -> None:
+        self.progress.update(self.task, advance=1)
         if outcome.status == "failed":
-            self.progress.console.print(f"[red]failed[/] {outcome.path}: {outcome.reason}")
+            self.progress.console.print("[red]failed[/] ", end="")
+            self.progress.console.print(f"{outcome.path}: {outcome.reason}", markup=False, highlight=False)
+
+
+_LISTED_UNSUPPORTED = 10
 
 
 def _shown(path: str) -> str:
@@ -133,12 +187,17 @@ def index(
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a kill finishes like Ctrl-C: consistent state
     try:
         rt = _runtime(**({"ingest": {"road": road}} if road else {}))
+        from mmrag.runtime import record_setup
+
+        record_setup(rt)  # a collection's first run records how it is built; later runs follow it
         columns = [
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("files · {task.fields[items]} items · {task.fields[rate]}"),
             TimeElapsedColumn(),
+            TextColumn("· ETA"),
+            TimeRemainingColumn(),
         ]
         indexer = Indexer(rt.settings, rt.collection, rt.vectoriser())
         with rt.collection.writer(), Progress(*columns, console=err, transient=False) as progress:
@@ -152,7 +211,12 @@ def index(
         + (f", {report.pruned} pruned" if prune else "")
     )
     for failure in report.failed:
-        err.print(f"  [red]failed[/] {failure.path}: {failure.reason}")
+        err.print("  [red]failed[/] ", end="")
+        err.print(f"{failure.path}: {failure.reason}", markup=False, highlight=False)
+    for skipped in report.unsupported_files[:_LISTED_UNSUPPORTED]:
+        err.print(f"  not supported {skipped.path}: {skipped.reason}", markup=False, highlight=False)
+    if report.unsupported > _LISTED_UNSUPPORTED:
+        err.print(f"  ... and {report.unsupported - _LISTED_UNSUPPORTED} more not supported", markup=False)
     if report.interrupted:
         err.print("[yellow]interrupted:[/] what was committed is kept; run the same command again to finish")
         raise typer.Exit(130)
@@ -168,27 +232,71 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Search the collection with text and/or an image."""
-    from mmrag.ingest.images import load_image
+    from mmrag.ingest.images import load_model_image
 
     if not text and image is None:
         raise _fail(ValueError("give a text query, --image PATH, or both"))
     try:
-        rt = _runtime()
-        query_image = load_image(image, rt.settings.ingest.max_image_pixels) if image is not None else None
+        rt = _runtime(needs_index=True)
+        query_image = load_model_image(image, rt.settings.ingest.max_image_pixels) if image else None
         hits = rt.retriever().search(text, query_image, k)
         rt.close()
     except MmragError as exc:
         raise _fail(exc) from None
     if as_json:
         out.print_json(json.dumps([h.to_dict() for h in hits]))
-        return
-    table = Table(title=f"{len(hits)} results")
-    for col in ("rank", "score", "modality", "source", "page", "found by"):
-        table.add_column(col, overflow="fold")
+    elif out.is_terminal:
+        out.print(_hits_table(hits, title=f"{len(hits)} results for {_query_label(text, image)}"))
+    else:  # piped: one tab-separated line per hit, never wrapped (for grep, cut, less)
+        print("rank\tscore\tmodality\tsource\tpage\tmatch")
+        for rank, h in enumerate(hits, start=1):
+            match = snippet(h.text) + _hit_notes(h)
+            print(f"{rank}\t{h.score:.4f}\t{h.modality}\t{_shown(h.path)}\t{h.page or ''}\t{match}")
+
+
+def _hit_notes(hit: Any) -> str:
+    """What a hit stands for beyond its own text: ' [contents page]', ' [+2 on this page]',
+    ' [also in: report.pdf p.3, copy.jpg]'."""
+    notes = []
+    if hit.list_page:
+        notes.append("contents/index page")
+    if hit.more_on_page:
+        notes.append(f"+{hit.more_on_page} on this page")
+    if hit.also_in:
+        copies = [Path(c["path"]).name + (f" p.{c['page']}" if c["page"] else "") for c in hit.also_in]
+        notes.append("also in: " + ", ".join(copies))
+    return "".join(f" [{note}]" for note in notes)
+
+
+def snippet(text: str | None, limit: int = 120) -> str:
+    """A hit's text (a chunk, or an image's caption and OCR text) on one line, cut at a word."""
+    flat = " ".join((text or "").split())
+    if len(flat) <= limit:
+        return flat
+    return flat[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _query_label(text: str | None, image: Path | None) -> str:
+    parts = [f"{text!r}"] if text else []
+    if image is not None:
+        parts.append(f"image {image.name}")
+    return " + ".join(parts)
+
+
+def _hits_table(hits: list[Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("score")
+    table.add_column("modality")
+    table.add_column("source", overflow="fold")
+    table.add_column("match", overflow="fold", ratio=1)
+    table.add_column("found by", overflow="fold")
     for rank, h in enumerate(hits, start=1):
-        found_by = ", ".join(f"{name}#{r} ({h.scores[name]:.3f})" for name, r in h.ranks.items())
-        table.add_row(str(rank), f"{h.score:.4f}", h.modality, _shown(h.path), str(h.page or ""), found_by)
-    out.print(table)
+        where = _shown(h.path) + (f" p.{h.page}" if h.page else "")
+        found_by = ", ".join(f"{name}#{r}" for name, r in h.ranks.items())
+        cells = (str(rank), f"{h.score:.3f}", h.modality, where, snippet(h.text) + _hit_notes(h), found_by)
+        table.add_row(*(Text(cell) for cell in cells))  # paths and text are data, never markup
+    return table
 
 
 _GENERATION_FAILED = 3  # `mmrag ask`: retrieval worked, the answer could not be generated
@@ -209,13 +317,13 @@ def ask(
     Exit code 3: the generator failed or gave no usable answer; the retrieved sources are still printed.
     """
     from mmrag.generate.answer import Answerer
-    from mmrag.ingest.images import load_image
+    from mmrag.ingest.images import load_model_image
 
     if not question.strip():
         raise _fail(ValueError("the question is empty"))
     try:
-        rt = _runtime()
-        query_image = load_image(image, rt.settings.ingest.max_image_pixels) if image is not None else None
+        rt = _runtime(needs_index=True)
+        query_image = load_model_image(image, rt.settings.ingest.max_image_pixels) if image else None
         answerer = Answerer.from_runtime(rt)
         if as_json or not stream:
             result = answerer.answer(question, query_image, k)
@@ -236,7 +344,10 @@ def ask(
     else:
         if result.text is not None and stream and result.citations_added:
             out.print("\nWith the citations mmrag matched to it:", markup=False)
-        if result.text is not None and (not stream or result.citations_added):
+        if result.fallback is not None:  # the reasons follow on stderr, with the other warnings
+            which = "\nThe answer above" if stream else "The model's answer"
+            out.print(f"{which} failed the quality check; instead, sentences from the sources:", markup=False)
+        if result.text is not None and (not stream or result.citations_added or result.fallback):
             out.print(result.text, markup=False, highlight=False)
         _print_answer_sources(result)
     for warning in result.warnings:
@@ -272,11 +383,12 @@ def delete(
     paths: Annotated[list[Path], typer.Argument(help="Indexed files (or folders) to remove.")],
 ) -> None:
     """Remove documents (and their items) from the collection."""
+    from mmrag.ingest.discover import printable_path
     from mmrag.ingest.pipeline import _is_under
 
     try:
-        rt = _runtime()
-        wanted = [str(p.expanduser().resolve()) for p in paths]
+        rt = _runtime(needs_models=False, needs_index=True)
+        wanted = [printable_path(p.expanduser().resolve()) for p in paths]
         with rt.collection.writer():
             docs = [d for d in rt.collection.documents() if any(_is_under(d.path, w) for w in wanted)]
             removed = rt.collection.delete_documents(d.id for d in docs)
@@ -291,9 +403,11 @@ def delete(
 
 @app.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Counts of documents, items and index entries; failed files and why."""
+    """Counts of documents, items and index entries; failed files and why; how the collection was built."""
+    from mmrag.store.collections import read_setup
+
     try:
-        rt = _runtime()
+        rt = _runtime(needs_models=False, needs_index=True)
         docs = rt.collection.documents()
         with rt.db.session() as session:
             from sqlalchemy import func, select
@@ -323,6 +437,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                 }
                 for s, ix in rt.collection.indexes.items()
             },
+            "setup": read_setup(rt.db, rt.collection.name),
         }
         rt.close()
     except MmragError as exc:
@@ -338,8 +453,77 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             f"index {space}: {ix['count']} vectors, {ix['type']} on {ix['device']}, "
             f"{ix['model']} ({ix['dim']}-d)"
         )
+    if info["setup"]:
+        out.print("built with: " + _describe_setup(info["setup"]), markup=False, highlight=False)
     for f in info["failed"]:
-        out.print(f"  [red]failed[/] {f['path']}: {f['error']}")
+        out.print("  [red]failed[/] ", end="")
+        out.print(f"{f['path']}: {f['error']}", markup=False, highlight=False)
+
+
+def _describe_setup(setup: dict[str, Any]) -> str:
+    spaces = [
+        f"{space} space ({setup.get(f'models.{space}')})"
+        for space in ("clip", "text")
+        if setup.get(f"spaces.{space}")
+    ]
+    captioner = setup.get("caption.backend") or "none"
+    if setup.get("caption.model"):
+        captioner += f" {setup['caption.model']}"
+    answers = setup.get("generate.backend") or "none"
+    if setup.get("generate.model") and answers != "none":
+        answers += f" {setup['generate.model']}"
+    return (
+        f"{', '.join(spaces)}; images by the {setup.get('ingest.road')} road; captioner {captioner}"
+        f"{' + OCR' if setup.get('caption.ocr') else ''}; chunks of {_chunk_sizes(setup)} words; "
+        f"answers by {answers}"
+    )
+
+
+def _chunk_sizes(setup: dict[str, Any]) -> str:
+    clip, text = (
+        setup.get("ingest.chunk_words"),
+        setup.get("ingest.text_chunk_words", setup.get("ingest.chunk_words")),
+    )
+    if not setup.get("spaces.text"):
+        return str(clip)
+    if not setup.get("spaces.clip") or clip == text:
+        return str(text)
+    return f"{clip} (clip) and {text} (text)"
+
+
+@app.command()
+def duplicates(
+    regroup: Annotated[
+        bool, typer.Option(help="Recompute every group from the fingerprints (after a rule change).")
+    ] = False,
+    backfill: Annotated[
+        bool, typer.Option(help="Fingerprint images indexed before fingerprints, from their thumbnails.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """List groups of near-duplicate images: one picture as a file, inside a PDF, resized or re-saved."""
+    from dataclasses import asdict
+
+    from mmrag.retrieve.duplicates import format_groups
+    from mmrag.store import duplicates as store
+
+    try:
+        rt = _runtime(needs_models=False, needs_index=True)
+        name = rt.collection.name
+        if backfill or regroup:
+            with rt.collection.writer():
+                if backfill:
+                    written = store.backfill_fingerprints(rt.db, name, rt.settings.data_dir)
+                    err.print(f"fingerprinted {written} image(s) from their thumbnails")
+                store.regroup(rt.db, name)  # backfilled images join groups only through a regroup
+        groups = store.duplicate_groups(rt.db, name)
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps([[asdict(location) for location in group] for group in groups]))
+    else:
+        out.print(format_groups(groups), markup=False, highlight=False)
 
 
 @app.command("eval")
@@ -355,10 +539,9 @@ def evaluate(
 
     try:
         queries = load_qrels(qrels)
-        rt = _runtime(**({"retrieve": {"fusion": fusion}} if fusion else {}))
+        rt = _runtime(needs_index=True, **({"retrieve": {"fusion": fusion}} if fusion else {}))
         retriever = rt.retriever()
-        spaces = sorted({key.partition(".")[0] for key in rt.collection.indexes})
-        rankings = [*spaces, *sorted(rt.collection.indexes)] if per_index else []
+        rankings = _eval_rankings(rt.collection.indexes, retriever.lexical) if per_index else []
         report = run_eval(queries, retriever_search_fn(retriever, queries), per_space=rankings)
         rt.close()
     except MmragError as exc:
@@ -371,10 +554,23 @@ def evaluate(
         )
 
 
+def _eval_rankings(indexes: Any, lexical: bool) -> list[str]:
+    """The rankings `mmrag eval` scores besides the fused one: every embedding space together ("dense",
+    when there are several), each space, each index, and the lexical lists (together, then per modality)."""
+    spaces = sorted({key.partition(".")[0] for key in indexes})
+    modalities = sorted({key.partition(".")[2] for key in indexes})
+    rankings = (["dense"] if len(spaces) > 1 else []) + [*spaces, *sorted(indexes)]
+    if lexical:
+        rankings += ["lexical", *(f"lexical.{m}" for m in modalities)] if len(modalities) > 1 else ["lexical"]
+    return rankings
+
+
 @app.command("make-eval-set")
 def make_eval_set(
-    kind: Annotated[str, typer.Argument(help="photos | digits | lfw | gnuplot")],
-    folder: Annotated[Path, typer.Argument(help="Where to write the files and qrels.jsonl.")],
+    kind: Annotated[str, typer.Argument(help="photos | digits | lfw | gnuplot | bash")],
+    folder: Annotated[
+        Path, typer.Argument(help="Where to write the files and their qrels-KIND.jsonl (for `mmrag eval`).")
+    ],
 ) -> None:
     """Write a labelled evaluation set built from real data that ships with scikit-image/scikit-learn."""
     from mmrag.evaluation import datasets
@@ -384,6 +580,7 @@ def make_eval_set(
         "digits": datasets.build_digits_set,
         "lfw": datasets.build_lfw_set,
         "gnuplot": datasets.build_pdf_sections_set,  # Debian gnuplot-doc's manual, outline -> page
+        "bash": datasets.build_bash_sections_set,  # Debian bash-doc's reference manual, outline -> page
     }
     if kind not in builders:
         raise _fail(MmragError(f"unknown evaluation set {kind!r}; choose one of {', '.join(builders)}"))
@@ -404,7 +601,7 @@ def serve(
     # starve each other on a busy CPU (queries 5-10x slower on 2 cores). The settings (which apply the
     # thread count and OMP_WAIT_POLICY=PASSIVE, mmrag.threads) come first: the API's imports load FAISS.
     try:
-        settings = _settings()
+        settings = _settings()  # the default collection's recorded setup; on a first run, models that load
     except MmragError as exc:
         raise _fail(exc) from None
     try:
@@ -413,15 +610,50 @@ def serve(
         from mmrag.api import create_app
     except ImportError as exc:
         raise _fail(MmragError(f"the service needs its extras: pip install 'mmrag[serve]' ({exc})")) from None
-    if not settings.api.api_key_hashes:
-        err.print("[yellow]no API keys configured (api.api_key_hashes):[/] every client is let in")
+    if not settings.api.authentication:
+        err.print(
+            "[yellow]no API keys configured (api.api_key_hashes, api.keys):[/] every client is let in; "
+            "`mmrag key` makes one"
+        )
+    host, port = host or settings.api.host, port or settings.api.port
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    url = escape(f"http://{shown}:{port}/")
+    err.print(f"web page: [bold]{url}[/]  (API docs: /docs)")
     uvicorn.run(
         create_app(settings),
-        host=host or settings.api.host,
-        port=port or settings.api.port,
+        host=host,
+        port=port,
         log_level="info",
         timeout_graceful_shutdown=30,
     )
+
+
+@app.command()
+def key(
+    collections: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--collection",
+            help="Scope the key to this collection (repeatable; '*' = every collection). None: full access.",
+        ),
+    ] = None,
+    admin: Annotated[bool, typer.Option(help="A scoped key that may also make and revoke keys.")] = False,
+) -> None:
+    """Print a new API key, its sha256 digest, and the setting that makes the server accept it."""
+    from pydantic import ValidationError
+
+    from mmrag.api.security import key_instructions, new_api_key
+    from mmrag.settings import ApiKeySettings
+
+    key_value, digest = new_api_key()
+    if collections:
+        try:
+            ApiKeySettings(sha256=digest, collections=collections, admin=admin)
+        except ValidationError as exc:
+            raise _fail(MmragError("; ".join(e["msg"] for e in exc.errors()))) from None
+    elif admin:
+        err.print("[yellow]--admin without --collection:[/] a key in api.api_key_hashes is an admin anyway")
+    out.print(key_instructions(key_value, digest, collections, admin), markup=False, highlight=False)
 
 
 def run() -> None:  # pragma: no cover - console entry

@@ -27,7 +27,24 @@ class ClipSpec:
     pretrained: str | None  # a pretrained tag, a checkpoint path, or None (random init / bundled in hub/dir)
 
 
+def canonical_clip_id(model_id: str) -> str:
+    """The id as collections record it (paths made absolute), from its syntax alone: no model library is
+    imported, so commands that load no model can still check a collection's model."""
+    raw = model_id.strip()
+    if raw.startswith(HF_HUB_PREFIX):
+        return raw
+    if raw.startswith(LOCAL_DIR_PREFIX) or Path(raw).expanduser().is_dir():
+        return f"{LOCAL_DIR_PREFIX}{Path(raw.removeprefix(LOCAL_DIR_PREFIX)).expanduser().resolve()}"
+    if raw.startswith(OPEN_CLIP_PREFIX):
+        arch, _, pretrained = raw[len(OPEN_CLIP_PREFIX) :].partition("/")
+        if pretrained.startswith(("/", "~", ".")):
+            pretrained = str(Path(pretrained).expanduser().resolve())
+        return f"{OPEN_CLIP_PREFIX}{arch}/{pretrained}"
+    return raw
+
+
 def parse_clip_id(model_id: str) -> ClipSpec:
+    """Validate a CLIP model id against open_clip's architectures and tags (imports open_clip)."""
     raw = model_id.strip()
     if not raw:
         raise ConfigError("empty CLIP model id")
@@ -65,7 +82,7 @@ def parse_clip_id(model_id: str) -> ClipSpec:
         raise ConfigError(
             f"unknown pretrained tag {pretrained!r} for {arch}; known tags: {_known_tags(arch)}"
         )
-    return ClipSpec(f"{OPEN_CLIP_PREFIX}{arch}/{pretrained}", arch, pretrained)
+    return ClipSpec(canonical_clip_id(raw), arch, pretrained)
 
 
 def _check_arch(arch: str) -> None:

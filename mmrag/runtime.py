@@ -1,16 +1,24 @@
-"""Builds what a command or the service works with, from Settings: database, models, collection."""
+"""Builds what a command or the service works with, from Settings: database, models, collection.
+
+`resolve_settings` turns what the user gave (config file or profile, MMRAG_* variables, options) into the
+settings a command runs with: the collection's recorded setup under the explicit settings, or on a first
+run that needs models, settings whose weights can be had here. Models are built lazily: a command that
+embeds nothing (stats, delete, an index run where nothing changed) loads none.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mmrag.caption.base import Captioner
 from mmrag.collection import Collection, RepairReport
 from mmrag.embed.base import TextEncoder
 from mmrag.embed.clip import ClipEmbedder
-from mmrag.settings import Settings
+from mmrag.settings import Settings, load_settings
 from mmrag.store.db import Database
 
 if TYPE_CHECKING:  # heavy modules, imported when first used
@@ -59,13 +67,10 @@ class Runtime:
         )
 
     def retriever(self) -> Retriever:
-        from mmrag.retrieve.search import Retriever
+        from mmrag.retrieve.search import retriever_from_settings
 
-        return Retriever(
-            self.collection,
-            self.encoders,
-            fusion=self.settings.retrieve.fusion,
-            captioner=self.captioner if self.clip is None else None,
+        return retriever_from_settings(
+            self.settings, self.collection, self.encoders, self.captioner if self.clip is None else None
         )
 
     def close(self) -> None:
@@ -83,6 +88,49 @@ def build_encoders(settings: Settings) -> tuple[ClipEmbedder | None, TextEncoder
             settings.models.text, device=settings.models.device, cache_dir=settings.models.cache_dir
         )
     return clip, text
+
+
+def database_exists(settings: Settings) -> bool:
+    """False only for an SQLite file not created yet (a first run must leave nothing behind if it fails)."""
+    return settings.database_url is not None or (settings.data_dir / "mmrag.db").exists()
+
+
+def resolve_settings(
+    config: Path | str | None, overrides: dict[str, Any], needs_models: bool = True
+) -> tuple[Settings, list[str]]:
+    """The settings a command runs with, and notes for the user (one line each)."""
+    from mmrag.collection_setup import apply_setup, differences, offline_fallback
+    from mmrag.store.collections import read_setup
+
+    settings = load_settings(config, **overrides)
+    notes: list[str] = []
+    recorded = None
+    if database_exists(settings):
+        db = Database(settings.db_url)
+        try:
+            recorded = read_setup(db, settings.collection)
+        finally:
+            db.close()
+    if recorded:
+        notes += [f"using {diff}" for diff in differences(settings, recorded)]
+        return apply_setup(settings, recorded), notes
+    if needs_models:
+        settings, note = offline_fallback(settings, overrides, config or os.environ.get("MMRAG_CONFIG"))
+        notes += [note] if note else []
+        if settings.spaces.clip:  # a new collection's model id is checked before anything is written
+            from mmrag.registry import parse_clip_id, register_model_configs
+
+            register_model_configs(settings.models.model_config_paths)
+            parse_clip_id(settings.models.clip)
+    return settings, notes
+
+
+def record_setup(rt: Runtime) -> None:
+    """At a collection's first write: remember how it is built (later commands use it)."""
+    from mmrag.collection_setup import setup_of
+    from mmrag.store.collections import record_setup as record
+
+    record(rt.db, rt.collection.name, setup_of(rt.settings))
 
 
 def open_runtime(settings: Settings, collection: str | None = None) -> Runtime:

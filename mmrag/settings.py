@@ -7,6 +7,7 @@ by --config or MMRAG_CONFIG, the defaults below. configs/default.yaml spells the
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -99,6 +100,9 @@ class GenerateSettings(_Section):
     max_image_side: int = Field(768, ge=16, le=4096)
     max_image_bytes: int = Field(300_000, ge=1024)  # per image, as encoded JPEG
     attribute_uncited: bool = True  # a reply without citations gets them by matching sentences to sources
+    # A reply that repeats itself, says what no source says, invents code or miscites is replaced by
+    # sentences extracted from the sources (mmrag.generate.quality); false shows every reply as it is.
+    quality_gate: bool = True
     cache_dir: Path | None = None  # de-quantised copies of .gguf models; None = $XDG_CACHE_HOME/mmrag
 
     @model_validator(mode="after")
@@ -110,6 +114,9 @@ class GenerateSettings(_Section):
 
 class IngestSettings(_Section):
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    # A text file's chunks and vectors are held until it commits: 16 MiB is ~60k chunks, ~10 minutes of
+    # MiniLM on a CPU and a few hundred MB. Larger text files are reported and skipped.
+    max_text_bytes: int = Field(16 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(100_000_000, ge=1)  # Pillow's decompression-bomb limit
     thumbnail_size: int = Field(256, ge=16, le=2048)
     min_pdf_image_side: int = Field(64, ge=1)  # smaller embedded images are icons, bullets, rules
@@ -118,22 +125,47 @@ class IngestSettings(_Section):
     max_pdf_pages: int = Field(5000, ge=1)
     chunk_words: int = Field(48, ge=8)  # CLIP's text tower reads 77 tokens: ~50 words fit
     chunk_overlap_words: int = Field(8, ge=0)
+    # The text space's chunks: all-MiniLM-L6-v2 reads 256 word pieces. With both spaces active and another
+    # size than chunk_words, text is chunked twice, each chunking embedded in its own space.
+    text_chunk_words: int = Field(160, ge=8)
+    text_chunk_overlap_words: int = Field(32, ge=0)
     save_every_files: int = Field(50, ge=1)  # persist the index this often during a run
     # Which road images take: "clip" (image tower), "caption" (caption/OCR text in the text space), "both".
     road: Literal["clip", "caption", "both"] = "clip"
 
-    @field_validator("chunk_overlap_words")
-    @classmethod
-    def _overlap_below_chunk(cls, v: int, info: Any) -> int:
-        size = info.data.get("chunk_words", 48)
-        if v >= size:
-            raise ValueError(f"chunk_overlap_words ({v}) must be smaller than chunk_words ({size})")
-        return v
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> IngestSettings:
+        for size, overlap in (
+            ("chunk_words", "chunk_overlap_words"),
+            ("text_chunk_words", "text_chunk_overlap_words"),
+        ):
+            words, shared = getattr(self, size), getattr(self, overlap)
+            if shared >= words:
+                raise ValueError(f"{overlap} ({shared}) must be smaller than {size} ({words})")
+        return self
 
 
 class RetrieveSettings(_Section):
     # "calibrated": per-space, per-modality score normalisation fitted on the collection; "rrf": by rank.
     fusion: Literal["calibrated", "rrf", "raw"] = "calibrated"  # raw: max cosine, for comparison only
+    # A BM25 list over the items' words (text chunks, captions, OCR text), fused with the dense lists: it
+    # finds the exact terms (commands, options, identifiers) that embeddings miss.
+    lexical: bool = True
+    # One hit per PDF page (its best chunk shown, the others counted; a text file counts as one page).
+    group_pages: bool = True
+    demote_list_pages: bool = True  # contents and index pages ranked below the pages they list
+    fold_duplicates: bool = True  # one hit per picture; its near-duplicate copies listed as "also in"
+    # A sentence-transformers CrossEncoder (hub id or directory) that rereads the top hits after fusion;
+    # None (or "off") = no reranking. No cross-encoder weights install from PyPI, so it is off by default.
+    rerank: str | None = None
+    rerank_top_n: int = Field(50, ge=1, le=1000)  # how many fused hits the cross-encoder rescores
+
+    @field_validator("rerank")
+    @classmethod
+    def _off_means_none(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off", "none", "null", "false"):
+            return None
+        return value.strip()
 
 
 class IndexSettings(_Section):
@@ -150,33 +182,81 @@ class IndexSettings(_Section):
     hnsw_ef_search: int = Field(128, ge=1, le=65536)  # candidates kept while searching; 128: recall@10 ~0.97
 
 
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_KEY_HELP = "`mmrag key` prints a new key and its hash"
+
+
+def sha256_hex_digest(value: str) -> str:
+    """A key's sha256 hex digest, normalised ("SHA256:ABC..." -> "abc..."); ValueError for anything else."""
+    digest = value.strip().lower().removeprefix("sha256:")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(
+            f"API keys are configured by their sha256 hex digests (64 hex digits), not the keys themselves; "
+            f"{_KEY_HELP}"
+        )
+    return digest
+
+
+class ApiKeySettings(_Section):
+    """One accepted API key, by its digest, and what it may reach."""
+
+    sha256: str  # hex digest of the key
+    # Collections the key may read and write (and create); "*" = every collection.
+    collections: list[str] = Field(min_length=1)
+    admin: bool = (
+        False  # may also create and revoke keys (POST /v1/keys), ingest server folders, see everything
+    )
+    name: str = Field("", max_length=64)  # a label for the operator
+
+    @field_validator("sha256")
+    @classmethod
+    def _is_sha256_hex(cls, value: str) -> str:
+        return sha256_hex_digest(value)
+
+    @field_validator("collections")
+    @classmethod
+    def _are_collection_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name != "*" and not re.fullmatch(COLLECTION_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a collection name (or '*' for every collection)")
+        return names
+
+
 class ApiSettings(_Section):
     """The REST service (`mmrag serve`): where it listens, who may call it, and how much it accepts."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    # sha256 hex digests of the accepted API keys (`python -m mmrag.api.security` makes a key and its
-    # hash): the config never holds a key itself. Empty = no authentication (local use only).
+    # sha256 hex digests of keys with full access (every collection, admin). The config never holds a key
+    # itself (`mmrag key` makes one). No key here nor in `keys` = no authentication (local use only).
     api_key_hashes: list[str] = Field(default_factory=list)
+    # Keys scoped to collections: [{sha256: ..., collections: [photos], admin: false}]. Admin keys can also
+    # make keys at run time (POST /v1/keys), which are kept in the database.
+    keys: list[ApiKeySettings] = Field(default_factory=list)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)  # per request body, enforced while it streams
     max_files_per_request: int = Field(32, ge=1, le=10_000)
     max_pdf_pages_per_request: int = Field(2000, ge=1)
     # Server-side folder ingest (POST /v1/collections/{c}/folders) only under these folders; empty = off.
+    # Originals (GET /v1/items/{id}/image?variant=original) are served only from here and the data dir.
     allowed_roots: list[Path] = Field(default_factory=list)
     workers: int = Field(4, ge=1, le=256)  # threads for model inference and FAISS searches
+    preload_models: bool = False  # load model weights at start (deployments) rather than on first use
     cors_origins: list[str] = Field(default_factory=list)
 
     @field_validator("api_key_hashes")
     @classmethod
     def _hashes_are_sha256_hex(cls, hashes: list[str]) -> list[str]:
-        normalised = [h.strip().lower().removeprefix("sha256:") for h in hashes]
-        for h in normalised:
-            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
-                raise ValueError(
-                    "api.api_key_hashes holds sha256 hex digests of the keys (64 hex digits), not the keys "
-                    "themselves; `python -m mmrag.api.security` prints a new key and its hash"
-                )
-        return normalised
+        try:
+            return [sha256_hex_digest(h) for h in hashes]
+        except ValueError:
+            raise ValueError(
+                f"api.api_key_hashes holds sha256 hex digests of the keys; {_KEY_HELP}"
+            ) from None
+
+    @property
+    def authentication(self) -> bool:
+        """Keys are checked when the config names at least one; keys made at run time need an admin key."""
+        return bool(self.api_key_hashes or self.keys)
 
 
 class Settings(BaseSettings):
@@ -186,7 +266,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None  # None: SQLite in data_dir; any SQLAlchemy URL otherwise
-    collection: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    collection: str = Field("default", pattern=COLLECTION_NAME_PATTERN)
     # torch, FAISS and ONNX Runtime threads (mmrag.threads); 0 = auto: one per core up to 8, one core left
     # free on machines with up to 4.
     threads: int = Field(0, ge=0, le=1024)
@@ -255,14 +335,33 @@ def _yaml_layer(path: Path | None):  # type: ignore[no-untyped-def]
         _yaml_file.reset(token)
 
 
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+def profile_names() -> list[str]:
+    """Settings files that ship with mmrag, usable by name: `--config offline`."""
+    return sorted(path.stem for path in PROFILES_DIR.glob("*.yaml"))
+
+
+def config_path(config: Path | str) -> Path:
+    """A YAML file's path, or the packaged profile of that name (`offline`), from any working directory."""
+    path = Path(config).expanduser()
+    if path.is_file():
+        return path
+    if str(config) in profile_names():
+        return PROFILES_DIR / f"{config}.yaml"
+    raise ConfigError(
+        f"config file not found: {path} (the packaged profiles, usable by name: {', '.join(profile_names())})"
+    )
+
+
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
-    """Build Settings from an optional YAML file (argument, else $MMRAG_CONFIG), env and overrides."""
+    """Build Settings from an optional YAML file or profile name (argument, else $MMRAG_CONFIG), env and
+    overrides."""
     from pydantic import ValidationError
 
     raw = config or os.environ.get("MMRAG_CONFIG") or None
-    path = Path(raw).expanduser() if raw else None
-    if path is not None and not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    path = config_path(raw) if raw else None
     try:
         with _yaml_layer(path):
             return Settings(**overrides)

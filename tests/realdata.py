@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import pymupdf
 import skimage.data
 from PIL import Image
+
+from mmrag.ingest.mupdf import pymupdf
 
 __all__ = [
     "PAGE_SIZE",

@@ -3,6 +3,7 @@ runs when it starts again. Server-side folder ingest stays under the configured 
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mmrag.api import jobs
 from mmrag.api.jobs import JobStore
 from mmrag.store.db import Database
 from tests.api_server import api_settings, image_query, ingest, serve, wait_for_job
@@ -50,6 +52,41 @@ def test_job_status_survives_a_restart_and_unfinished_jobs_resume(tmp_path: Path
         assert resumed["status"] == "done" and resumed["files"][0]["status"] == "indexed"
         top = image_query(client, "kept", photo_bytes("rocket")).json()["hits"][0]
         assert top["document_id"] == resumed["files"][0]["document_id"]
+
+
+def test_a_running_job_shows_the_files_done_so_far(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job row is rewritten as files finish (the web page's per-file progress), not only at the end."""
+    monkeypatch.setattr(jobs, "_REPORT_EVERY_S", 0.0)  # every file, not at most once a second
+    progress: list[list[tuple[str, str]]] = []
+    embedded: list[int] = []
+    update = JobStore.update
+
+    def recording_update(self: JobStore, job_id: str, **fields: object) -> None:
+        if "files" in fields and "status" not in fields:  # a progress report, not the job's end
+            progress.append([(f["name"], f["status"]) for f in fields["files"]])  # type: ignore[attr-defined]
+            embedded.append(fields["counts"]["items_embedded"])  # type: ignore[index]
+        update(self, job_id, **fields)
+
+    monkeypatch.setattr(JobStore, "update", recording_update)
+    settings = api_settings(tmp_path / "data")
+    settings = settings.model_copy(update={"models": settings.models.model_copy(update={"batch_size": 1})})
+    files = [("cat.jpg", photo_bytes("chelsea")), ("bad.jpg", photo_bytes("coffee")[:3000])]
+    files += [("moon.jpg", photo_bytes("moon")), ("coins.jpg", photo_bytes("coins"))]
+    with serve(settings) as server, server.client() as client:
+        job = ingest(client, "progress", files)
+    final = [(f["name"], f["status"]) for f in job["files"]]
+    assert sorted(final) == [
+        ("bad.jpg", "failed"),
+        ("cat.jpg", "indexed"),
+        ("coins.jpg", "indexed"),
+        ("moon.jpg", "indexed"),
+    ]
+    # reports as items are embedded and as files finish (batch_size 1 commits them one by one): each holds
+    # the files of the one before, the file count grows one at a time, items embedded never go back
+    assert all(later[: len(earlier)] == earlier for earlier, later in itertools.pairwise(progress))
+    assert {len(p) for p in progress} - {0} == {1, 2, 3, 4}
+    assert embedded == sorted(embedded) and embedded[-1] == 3  # three images have vectors; bad.jpg none
+    assert progress[-1] == final
 
 
 def test_folder_ingest_only_under_allowed_roots(tmp_path: Path) -> None:

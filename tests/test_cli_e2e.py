@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pymupdf
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from mmrag.ingest.mupdf import pymupdf
 from tests.conftest import tiny_clip_env
 from tests.realdata import write_markdown, write_pdf_with_photos, write_photos
 
@@ -98,8 +98,13 @@ def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None
     hits = json.loads(res.stdout)
     assert {h["modality"] for h in hits} == {"image", "text"}
     assert {Path(h["path"]).name for h in hits} >= {"report.pdf", "notes.md", "rocket.jpg"}
-    res = mmrag(data, "query", "a rocket on the launch pad", "-k", "5", extra_env={"COLUMNS": "250"})
-    assert res.returncode == 0 and "5 results" in res.stdout and str(library) in res.stdout
+    # piped (not a terminal): a header and one tab-separated line per hit, paths whole, the matched text
+    res = mmrag(data, "query", "a rocket on the launch pad", "-k", "5", extra_env={"COLUMNS": "40"})
+    assert res.returncode == 0, res.stderr
+    header, *rows = [line.split("\t") for line in res.stdout.splitlines()]
+    assert header == ["rank", "score", "modality", "source", "page", "match"] and len(rows) == 5
+    assert all(len(row) == 6 and row[3].startswith(str(library)) for row in rows)
+    assert any(row[2] == "text" and row[5] for row in rows)  # a text hit shows its text
 
     # unchanged files are skipped
     res = mmrag(data, "index", str(library))
@@ -139,10 +144,17 @@ def test_empty_folder_and_missing_folder(tmp_path: Path) -> None:
     assert res.returncode == 2 and "nope" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
-    res = mmrag(tmp_path / "data", "stats", extra_env={"MMRAG_MODELS__CLIP": "open_clip:NoSuchNet/x"})
+def test_unknown_model_is_a_clear_error_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    write_photos(tmp_path / "photos", ["coins"])
+    data = tmp_path / "data"
+    res = mmrag(
+        data, "index", str(tmp_path / "photos"), extra_env={"MMRAG_MODELS__CLIP": "open_clip:NoSuchNet/x"}
+    )
     assert res.returncode == 2
     assert "unknown open_clip architecture 'NoSuchNet'" in res.stderr and "Traceback" not in res.stderr
+    assert not data.exists()  # checked before anything was written
+    res = mmrag(data, "stats")  # nothing indexed: said in one line, and still nothing written
+    assert res.returncode == 2 and "nothing is indexed" in res.stderr and not data.exists()
 
 
 def _lfw_and_digits(folder: Path, n_digits: int) -> int:
@@ -158,8 +170,9 @@ def _lfw_and_digits(folder: Path, n_digits: int) -> int:
     return 200 + n_digits
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_leaves_a_consistent_collection_and_rerun_finishes(tmp_path: Path, sig: int) -> None:
+def test_terminated_run_leaves_a_consistent_collection_and_rerun_finishes(tmp_path: Path) -> None:
+    """SIGTERM ends a run like Ctrl-C: exit 130, what was committed is kept (kill -9: tests/test_crash.py)."""
+    sig = signal.SIGTERM
     data = tmp_path / "data"
     total = _lfw_and_digits(tmp_path / "faces", 800)
     env = {**os.environ, **tiny_clip_env(data), "MMRAG_INGEST__SAVE_EVERY_FILES": "7"}
@@ -175,8 +188,7 @@ def test_killed_run_leaves_a_consistent_collection_and_rerun_finishes(tmp_path: 
     _, stderr = proc.communicate(timeout=60)
     assert committed is not None, f"the run ended before it could be interrupted: {stderr}"
     assert committed < total
-    if sig == signal.SIGTERM:
-        assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr
     info = assert_consistent(data)  # opening repairs an index that lagged the database
     assert 0 < info["documents"] < total
 

@@ -143,9 +143,20 @@ def test_opening_with_another_model_is_refused(tiny_settings: Settings) -> None:
         }
     )
     with pytest.raises(
-        ModelMismatchError, match=r"mmrag-test-tiny/\S+ \(dim 32\).*mmrag-test-tiny-wide/\S+ \(dim 48\)"
+        ModelMismatchError, match=r"built with model \S+test-tiny/\S+ \(dim 32\).*model is \S+tiny-wide/"
     ):
         _open(wide)
+
+
+def test_opening_a_built_collection_loads_no_model(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    _add_docs(coll, 2, 2)
+    coll.save()
+    db.close()
+    clip = ClipEmbedder(tiny_settings.models)
+    reopened, _ = _open(tiny_settings, clip)
+    assert clip._model is None  # the dimension came from the collection's record
+    assert reopened.dims == {"clip": 32} and len(reopened.indexes["clip.text"]) == 4
 
 
 def test_collections_are_isolated(tiny_settings: Settings, tmp_path: Path) -> None:

@@ -100,10 +100,13 @@ def test_text_rules_utf8_no_nul_and_a_cut_multibyte_character(tmp_path: Path) ->
     (tmp_path / "menu.md").write_bytes(text)
     (tmp_path / "nul.txt").write_bytes(PHOTO_DESCRIPTIONS["clock"].encode() + b"\x00\x00rest")
     (tmp_path / "latin1.txt").write_bytes(accents.encode("latin-1"))
+    (tmp_path / "controls.txt").write_bytes(bytes(range(1, 32)) * 20 + accents.encode("latin-1"))
 
     assert sniff_kind(tmp_path / "menu.md") is FileKind.TEXT
     assert sniff_kind(tmp_path / "nul.txt") is None
-    assert sniff_kind(tmp_path / "latin1.txt") is None
+    # Not UTF-8 but text (an older note in latin-1): indexed, decoded as latin-1; control bytes mean binary.
+    assert sniff_kind(tmp_path / "latin1.txt") is FileKind.TEXT
+    assert sniff_kind(tmp_path / "controls.txt") is None
 
 
 def test_sorted_deterministic_walk_into_subfolders(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pymupdf
 import pytest
 import skimage.data
 from PIL import Image
@@ -36,6 +35,7 @@ from mmrag.evaluation.datasets import (
 )
 from mmrag.evaluation.qrels import QrelsError, Query, load_qrels, write_qrels
 from mmrag.evaluation.runner import hits_to_keys, render_report, retriever_search_fn, run_eval
+from mmrag.ingest.mupdf import pymupdf
 from tests.realdata import write_photos
 
 INV_LOG2_3 = 1 / math.log2(3)  # discount at rank 2: 0.6309...

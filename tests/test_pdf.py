@@ -10,12 +10,12 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-import pymupdf
 import pytest
 from PIL import Image
 
 from mmrag.errors import ExtractionError
 from mmrag.ingest.items import ExtractedItem, Modality, sha256_text
+from mmrag.ingest.mupdf import pymupdf
 from mmrag.ingest.pdf import extract_pdf, pdf_page_count
 from mmrag.settings import IngestSettings
 from tests.realdata import (

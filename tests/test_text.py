@@ -49,7 +49,7 @@ def test_chunk_words_rejects_impossible_windows(size: int, overlap: int) -> None
 
 def test_markdown_chunks_stay_in_their_section_and_start_with_its_headings(tmp_path: Path) -> None:
     path = write_markdown(tmp_path / "photos.md")
-    items = extract_text_file(path, SETTINGS)
+    items = list(extract_text_file(path, SETTINGS))
 
     assert items, "a real Markdown document gave no chunks"
     assert [item.meta["chunk"] for item in items] == list(range(len(items)))
@@ -75,7 +75,7 @@ def test_markdown_chunks_stay_in_their_section_and_start_with_its_headings(tmp_p
 def test_markdown_line_numbers_point_at_each_chunks_first_word(tmp_path: Path) -> None:
     path = write_markdown(tmp_path / "photos.md")
     lines = path.read_text(encoding="utf-8").split("\n")
-    items = extract_text_file(path, SETTINGS)
+    items = list(extract_text_file(path, SETTINGS))
     for item in items:
         line = item.meta["line"]
         first_word = _body(item.text or "").split()[0]
@@ -87,7 +87,7 @@ def test_markdown_line_numbers_point_at_each_chunks_first_word(tmp_path: Path) -
 
 def test_markdown_setext_heading_code_fence_and_links(tmp_path: Path) -> None:
     path = write_markdown(tmp_path / "photos.md")
-    items = extract_text_file(path, SETTINGS)
+    items = list(extract_text_file(path, SETTINGS))
     sections = {item.meta.get("section", "") for item in items}
 
     assert any(section.endswith(" > Space") for section in sections), sections
@@ -121,7 +121,7 @@ def test_plain_text_crlf_bom_and_line_numbers(tmp_path: Path) -> None:
     path = tmp_path / "coins.txt"
     body = "\r\n".join(["", "", description])
     path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
-    items = extract_text_file(path, SETTINGS)
+    items = list(extract_text_file(path, SETTINGS))
     assert items[0].text is not None
     assert not items[0].text.startswith("\ufeff")
     assert items[0].text.startswith("Greek coins from Pompeii.")
@@ -140,7 +140,7 @@ def test_latin1_fallback(tmp_path: Path) -> None:
 def test_empty_or_blank_file_gives_no_items(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "blank.md"
     path.write_bytes(content)
-    assert extract_text_file(path, SETTINGS) == []
+    assert list(extract_text_file(path, SETTINGS)) == []
 
 
 def test_heading_prefix_counts_against_the_word_budget(tmp_path: Path) -> None:
@@ -149,3 +149,43 @@ def test_heading_prefix_counts_against_the_word_budget(tmp_path: Path) -> None:
     settings = IngestSettings(chunk_words=16, chunk_overlap_words=4)
     for item in extract_text_file(path, settings):
         assert len((item.text or "").split()) <= 16
+
+
+def test_each_space_gets_its_own_chunk_size() -> None:
+    from mmrag.ingest.text import Chunking, chunkings_for
+    from mmrag.settings import SpacesSettings
+
+    ingest = IngestSettings(chunk_words=48, chunk_overlap_words=8, text_chunk_words=160)
+    assert chunkings_for(ingest, SpacesSettings(clip=True, text=False)) == [Chunking(48, 8)]
+    assert chunkings_for(ingest, SpacesSettings(clip=False, text=True)) == [Chunking(160, 32)]
+    assert chunkings_for(ingest, SpacesSettings(clip=True, text=True)) == [
+        Chunking(48, 8, ("clip",)),
+        Chunking(160, 32, ("text",)),
+    ]
+    same = IngestSettings(
+        chunk_words=48, chunk_overlap_words=8, text_chunk_words=48, text_chunk_overlap_words=8
+    )
+    assert chunkings_for(same, SpacesSettings(clip=True, text=True)) == [Chunking(48, 8)]
+    with pytest.raises(ValueError, match="text_chunk_overlap_words"):
+        IngestSettings(text_chunk_words=16, text_chunk_overlap_words=16)
+
+
+def test_two_chunkings_of_one_file_each_name_their_space(tmp_path: Path) -> None:
+    """Both spaces active: CLIP's short chunks and the text space's long ones cover the same words, and the
+    vectoriser embeds each only in its own space."""
+    from mmrag.ingest.text import Chunking
+    from mmrag.ingest.vectorise import PendingItem, _embedded_in
+
+    path = write_markdown(tmp_path / "guide.md")
+    chunkings = [Chunking(24, 6, ("clip",)), Chunking(96, 16, ("text",))]
+    items = list(extract_text_file(path, SETTINGS, chunkings))
+    short = [i for i in items if i.meta["spaces"] == ["clip"]]
+    long = [i for i in items if i.meta["spaces"] == ["text"]]
+    assert len(short) > len(long) > 0 and len(short) + len(long) == len(items)
+    words = {w for i in short for w in _body(i.text or "").split()}
+    assert words == {w for i in long for w in _body(i.text or "").split()}
+    pending = [PendingItem(item, None) for item in items[:1] + long[:1]]
+    assert [_embedded_in(p, "clip") for p in pending] == [True, False]
+    assert [_embedded_in(p, "text") for p in pending] == [False, True]
+    one = list(extract_text_file(path, SETTINGS))  # extraction called without spaces: one chunking for all
+    assert all("spaces" not in i.meta for i in one)

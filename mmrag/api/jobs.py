@@ -2,10 +2,12 @@
 worker thread with the same Indexer the CLI uses.
 
 A job is one Indexer.run over the files of an upload (or a server-side folder). Its status, counts and
-per-file outcomes (with the reason of every failure) are written back to its row, so they survive a
-restart; a job still queued or running when the service stopped is run again when it starts (files already
-committed are then reported as unchanged). Jobs run one at a time: model inference is the bottleneck and
-one collection's writes are serialised anyway; queries keep running on the service's pool meanwhile.
+per-file outcomes (with the reason of every failure, paths under the data dir made relative to it) are
+written back to its row as files finish (the web page shows per-file progress from them) and when it ends,
+so they survive a restart; a job still queued or running when the service stopped is run again when it
+starts (files already committed are then reported as unchanged). Jobs run one at a time: model inference is
+the bottleneck and one collection's writes are serialised anyway; queries keep running on the service's
+pool meanwhile.
 """
 
 from __future__ import annotations
@@ -13,27 +15,35 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from mmrag.collection import CollectionLocked
 from mmrag.errors import MmragError
-from mmrag.ingest.pipeline import FileOutcome, Indexer
+from mmrag.ingest.pipeline import FileOutcome, Indexer, NoProgress
 from mmrag.ingest.vectorise import Vectoriser
 from mmrag.store.db import Database
 from mmrag.store.models import Document, Job, utcnow
 
 if TYPE_CHECKING:
-    from mmrag.api.service import Service
+    from mmrag.api.service import CollectionHandle, Service
 
 log = logging.getLogger(__name__)
 
 UNFINISHED = ("queued", "running")
+_LOCK_WAIT_STEP_S = 2.0  # how often a job waiting for the write lock looks at the service stopping
 # Vectoriser.seconds keys -> the stage names of the metrics
 _STAGE_OF = {"embed_clip": "embed", "embed_text": "embed", "caption": "caption", "ocr": "ocr"}
+# A running job's row shows the files done so far (GET /v1/jobs/{id}), refreshed at most this often.
+_REPORT_EVERY_S = 1.0
 
 
 class JobStore:
@@ -76,21 +86,40 @@ class JobStore:
             )
 
 
-class _JobProgress:
-    """Collects each file's outcome; asks the Indexer to stop at the next file when the service shuts down."""
+class _ServiceStopping(Exception):
+    """The service stops while a job waits for the write lock: the job stays queued."""
 
-    def __init__(self, stopping: threading.Event) -> None:
+
+class _JobProgress(NoProgress):
+    """Collects each file's outcome and the items embedded so far, and hands them to `report` (at most once
+    a `_REPORT_EVERY_S`, so a big folder does not rewrite its job row per file); asks the Indexer to stop
+    at the next file when the service shuts down."""
+
+    def __init__(
+        self, stopping: threading.Event, report: Callable[[list[FileOutcome], int], None] | None = None
+    ) -> None:
         self.stopping = stopping
+        self.report = report
         self.outcomes: list[FileOutcome] = []
+        self.embedded = 0  # items with their vectors, committed or not: moves while a batch is open
+        self._reported_at = 0.0
 
-    def start(self, total_files: int) -> None:
-        pass
+    def items_embedded(self, count: int) -> None:
+        self.embedded += count
+        self._maybe_report()
 
     def file_done(self, outcome: FileOutcome) -> None:
         self.outcomes.append(outcome)
+        self._maybe_report()
         if self.stopping.is_set():
             # Indexer.run's own Ctrl-C path: drop uncommitted files, save the indexes, report "interrupted".
             raise KeyboardInterrupt
+
+    def _maybe_report(self) -> None:
+        now = time.monotonic()
+        if self.report is not None and now - self._reported_at >= _REPORT_EVERY_S:
+            self._reported_at = now
+            self.report(list(self.outcomes), self.embedded)
 
 
 class IngestWorker:
@@ -132,22 +161,18 @@ class IngestWorker:
         if job is None or job.status not in UNFINISHED:
             return
         metrics = self.service.metrics
-        self.store.update(job_id, status="running", started_at=utcnow(), error=None)
-        metrics.jobs_running.inc()
-        progress = _JobProgress(self._stopping)
+        progress = _JobProgress(self._stopping, partial(self._report_progress, job))
         vectoriser: Vectoriser | None = None
+        metrics.jobs_running.inc()
         try:
             vectoriser, interrupted = self._index(job, progress)
             if interrupted:
-                self.store.update(job_id, status="queued", started_at=None)
+                self.store.update(job_id, status="queued", started_at=None, files=[], counts={})
                 return
             files = self._file_reports(job, progress.outcomes)
-            counts: dict[str, int] = defaultdict(int)
             for entry in files:
-                counts[entry["status"]] += 1
-                counts["items"] += entry["items"]
                 metrics.files.labels(status=entry["status"]).inc()
-            self.store.update(job_id, status="done", counts=dict(counts), files=files, finished_at=utcnow())
+            self.store.update(job_id, status="done", counts=_counts(files), files=files, finished_at=utcnow())
             metrics.jobs.labels(status="done").inc()
         except MmragError as exc:
             self._failed(job_id, str(exc), progress)
@@ -181,12 +206,32 @@ class IngestWorker:
         metadata = job.options.get("metadata") or {}
         document_meta = {str(root.resolve()): metadata for root in roots} if job.kind == "upload" else {}
         indexer = Indexer(settings, handle.collection, vectoriser, document_meta=document_meta)
-        with handle.write_lock, handle.collection.writer():
-            report = indexer.run(roots, prune=bool(job.options.get("prune")), progress=progress)
-            if metadata and job.kind == "upload":
-                self._set_metadata_of_unchanged(handle.collection.name, progress.outcomes, metadata)
+        try:
+            with handle.write_lock, self._writer(handle):
+                self.store.update(job.id, status="running", started_at=utcnow(), error=None)
+                report = indexer.run(roots, prune=bool(job.options.get("prune")), progress=progress)
+                if metadata and job.kind == "upload":
+                    self._set_metadata_of_unchanged(handle.collection.name, progress.outcomes, metadata)
+        except _ServiceStopping:
+            return vectoriser, True
         service.collection_changed(handle)
         return vectoriser, report.interrupted
+
+    @contextmanager
+    def _writer(self, handle: CollectionHandle) -> Iterator[None]:
+        """The collection's write access. While another process holds it (`mmrag index` on the same data
+        dir), the job stays queued and waits; a service shutting down stops waiting (the job stays queued
+        for the next start)."""
+        with ExitStack() as stack:
+            while True:
+                try:
+                    stack.enter_context(handle.collection.writer(wait_s=_LOCK_WAIT_STEP_S))
+                    break
+                except CollectionLocked as exc:
+                    if self._stopping.is_set():
+                        raise _ServiceStopping from None
+                    log.info("ingest job waits: %s", exc)
+            yield
 
     def _set_metadata_of_unchanged(
         self, collection: str, outcomes: list[FileOutcome], metadata: dict[str, Any]
@@ -200,6 +245,13 @@ class IngestWorker:
                 select(Document).where(Document.collection == collection, Document.path.in_(paths))
             ):
                 doc.meta = dict(metadata)
+
+    def _report_progress(self, job: Job, outcomes: list[FileOutcome], embedded: int) -> None:
+        try:
+            files = self._file_reports(job, outcomes)
+            self.store.update(job.id, files=files, counts={**_counts(files), "items_embedded": embedded})
+        except Exception:  # progress is for the eyes; the job itself goes on, and its end is recorded
+            log.warning("job %s: could not record progress", job.id, exc_info=True)
 
     def _file_reports(self, job: Job, outcomes: list[FileOutcome]) -> list[dict[str, Any]]:
         names = {str(Path(entry["path"]).resolve()): entry.get("name") for entry in job.inputs}
@@ -216,7 +268,7 @@ class IngestWorker:
                 "name": names.get(o.path) or self.service.public_path(o.path),
                 "status": o.status,
                 "items": o.items,
-                "reason": o.reason,
+                "reason": self.service.redact(o.reason) if o.reason else o.reason,
                 "document_id": doc_ids.get(o.path),
             }
             for o in outcomes
@@ -225,5 +277,14 @@ class IngestWorker:
     def _failed(self, job_id: str, error: str, progress: _JobProgress) -> None:
         job = self.store.get(job_id)
         files = self._file_reports(job, progress.outcomes) if job is not None else []
+        error = self.service.redact(error)  # reasons and errors are stored without the server's paths
         self.store.update(job_id, status="failed", error=error, files=files, finished_at=utcnow())
         self.service.metrics.jobs.labels(status="failed").inc()
+
+
+def _counts(files: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for entry in files:
+        counts[entry["status"]] += 1
+        counts["items"] += entry["items"]
+    return dict(counts)

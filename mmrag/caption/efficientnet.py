@@ -97,6 +97,10 @@ class EfficientNetLabeler:
         self._lock = threading.Lock()
         self._model: Any = None
 
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
     def load(self) -> None:
         with self._lock:
             if self._model is None:

@@ -42,6 +42,10 @@ class RapidOcrEngine:
         self._call_lock = threading.Lock()
         self._engine: Any = None
 
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
     def load(self) -> None:
         with self._load_lock:
             if self._engine is not None:

@@ -14,6 +14,7 @@ from mmrag.embed.clip_images import ImageBatcher
 from mmrag.embed.clip_text import TextTower, encode_trimmed, text_tower, trimmed_matches_padded
 from mmrag.embed.query_cache import QueryCache
 from mmrag.registry import (
+    canonical_clip_id,
     create_clip,
     parse_clip_id,
     register_model_configs,
@@ -56,10 +57,9 @@ class ClipEmbedder:
     space = "clip"
 
     def __init__(self, settings: ModelSettings, *, trim_text: bool = True) -> None:
-        register_model_configs(settings.model_config_paths)
         self._settings = settings
-        self.spec = parse_clip_id(settings.clip)  # fails fast on unknown ids, before any loading
-        self.model_id = self.spec.model_id
+        # The id alone (no open_clip import): a command that embeds nothing never loads the library.
+        self.model_id = canonical_clip_id(settings.clip)
         self.batch_size = settings.batch_size
         self.query_cache = QueryCache(settings.query_cache_size)
         self._want_trim = trim_text
@@ -78,6 +78,8 @@ class ClipEmbedder:
         with self._lock:
             if self._model is not None:
                 return
+            register_model_configs(self._settings.model_config_paths)
+            self.spec = parse_clip_id(self._settings.clip)
             device = resolve_device(self._settings.device)
             precision = resolve_precision(self._settings.precision, device)
             model, preprocess, tokenizer = create_clip(self.spec, device, precision, self._settings.cache_dir)
@@ -108,6 +110,10 @@ class ClipEmbedder:
             log.info("%s: text runs padded to the full context (%s)", self.model_id, why)
             return None, f"padded: {why}"
         return text_tower(model), "real tokens (matches the padded run)"
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     @property
     def dim(self) -> int:

@@ -119,6 +119,10 @@ class TextEmbedder:
             self._model = model
             log.info("loaded text model %s on %s (dim %d)", self.model_id, device, self._dim_of(model))
 
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
     @staticmethod
     def _dim_of(model: Any) -> int:
         # sentence-transformers >= 5 renamed the getter; keep working on both sides of the rename.

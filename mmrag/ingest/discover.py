@@ -17,7 +17,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +59,28 @@ class SkippedFile:
     unsupported: bool  # True = just not a file type we index (quietly counted); False = a failure to report
 
 
-def discover(roots: Sequence[Path], max_file_bytes: int) -> Iterator[DiscoveredFile | SkippedFile]:
+def printable_path(path: Path | str) -> str:
+    """The path as text that any database, terminal or JSON can hold. The file system gives names as bytes
+    (Python decodes the ones that are not UTF-8 with surrogate escapes); those bytes are shown as \\xNN."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
+def path_bytes_if_escaped(path: Path | str) -> bytes | None:
+    """The file system's bytes of a path whose printable form had to escape some; None for UTF-8 names."""
+    raw = os.fsencode(path)
+    return None if printable_path(path) == os.fsdecode(raw) else raw
+
+
+def discover(
+    roots: Sequence[Path], max_file_bytes: int, kind_limits: Mapping[FileKind, int] | None = None
+) -> Iterator[DiscoveredFile | SkippedFile]:
     """Yield every file under `roots` (folders or single files) as discovered or skipped, in sorted order.
+    A file larger than `max_file_bytes`, or than its kind's limit in `kind_limits`, is skipped as failed.
 
     Every root is checked before the walk starts, so a typo fails at once with ExtractionError rather than
     after an hour of indexing the other roots. A file reachable from two overlapping roots is yielded once,
@@ -69,7 +89,7 @@ def discover(roots: Sequence[Path], max_file_bytes: int) -> Iterator[DiscoveredF
     if max_file_bytes < 1:
         raise ValueError(f"max_file_bytes must be positive, got {max_file_bytes}")
     resolved_roots = [_check_root(Path(root)) for root in roots]
-    return _walk_roots(resolved_roots, max_file_bytes)
+    return _walk_roots(resolved_roots, max_file_bytes, dict(kind_limits or {}))
 
 
 def sniff_kind(path: Path) -> FileKind | None:
@@ -134,8 +154,19 @@ def _is_utf8_text(head: bytes) -> bool:
     try:
         decoder.decode(head, final=False)
     except UnicodeDecodeError:
-        return False
+        return _is_legacy_text(head)
     return True
+
+
+# Control bytes that text holds: tab, line feed, vertical tab, form feed, carriage return, escape.
+_TEXT_CONTROLS = frozenset(b"\t\n\x0b\x0c\r\x1b")
+
+
+def _is_legacy_text(head: bytes) -> bool:
+    """Text in a single-byte encoding (latin-1, cp1252: older notes and exports) rather than binary data:
+    no NUL and almost no control bytes. mmrag.ingest.text decodes it as latin-1."""
+    controls = sum(1 for byte in head if (byte < 0x20 or byte == 0x7F) and byte not in _TEXT_CONTROLS)
+    return controls <= len(head) // 100
 
 
 def _check_root(root: Path) -> Path:
@@ -162,7 +193,9 @@ def _check_root(root: Path) -> Path:
     return resolved
 
 
-def _walk_roots(roots: list[Path], max_file_bytes: int) -> Iterator[DiscoveredFile | SkippedFile]:
+def _walk_roots(
+    roots: list[Path], max_file_bytes: int, kind_limits: dict[FileKind, int]
+) -> Iterator[DiscoveredFile | SkippedFile]:
     seen: set[Path] = set()
     for root in roots:
         entries = _walk_folder(root) if root.is_dir() else iter([root])
@@ -170,7 +203,7 @@ def _walk_roots(roots: list[Path], max_file_bytes: int) -> Iterator[DiscoveredFi
             if path in seen:
                 continue
             seen.add(path)
-            yield _classify(path, root, max_file_bytes)
+            yield _classify(path, root, max_file_bytes, kind_limits)
 
 
 def _walk_folder(root: Path) -> Iterator[Path | SkippedFile]:
@@ -212,7 +245,9 @@ def _sorted_listing(folder: Path) -> list[os.DirEntry[str]] | SkippedFile:
         return SkippedFile(folder, f"unreadable folder: {_os_reason(exc)}", unsupported=False)
 
 
-def _classify(path: Path | SkippedFile, root: Path, max_file_bytes: int) -> DiscoveredFile | SkippedFile:
+def _classify(
+    path: Path | SkippedFile, root: Path, max_file_bytes: int, kind_limits: dict[FileKind, int]
+) -> DiscoveredFile | SkippedFile:
     if isinstance(path, SkippedFile):
         return path
     try:
@@ -243,6 +278,14 @@ def _classify(path: Path | SkippedFile, root: Path, max_file_bytes: int) -> Disc
         return SkippedFile(
             path,
             f"larger than the {_format_size(max_file_bytes)} limit ({_format_size(info.st_size)})",
+            unsupported=False,
+        )
+    kind_limit = kind_limits.get(kind)
+    if kind_limit is not None and info.st_size > kind_limit:
+        return SkippedFile(
+            path,
+            f"larger than the {_format_size(kind_limit)} limit for {kind.value} files "
+            f"(ingest.max_{kind.value}_bytes; this one is {_format_size(info.st_size)})",
             unsupported=False,
         )
     return DiscoveredFile(path=path, root=root, kind=kind, size=info.st_size, mtime=info.st_mtime)

@@ -15,25 +15,22 @@ the lines of two-column layouts.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pymupdf
 from PIL import Image
 
 from mmrag.errors import ExtractionError, MmragError
 from mmrag.ingest.images import WHITE
 from mmrag.ingest.items import BBox, ExtractedItem, Modality, sha256_bytes, sha256_text
-from mmrag.ingest.text import word_windows
+from mmrag.ingest.listpages import LIST_PAGE_KEY, PAGE_LABEL_KEY, page_layout
+from mmrag.ingest.mupdf import pymupdf
+from mmrag.ingest.text import Chunking, default_chunkings, word_windows
 from mmrag.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
-
-# MuPDF prints every syntax complaint of every broken PDF to stderr; keep them in its warning buffer instead,
-# where they can be quoted in the error message for a PDF that cannot be read.
-pymupdf.TOOLS.mupdf_display_errors(False)
 
 _TEXT_BLOCK = 0
 _MAX_QUOTED_WARNINGS = 3
@@ -59,12 +56,16 @@ def pdf_page_count(path: Path) -> int:
         return doc.page_count
 
 
-def extract_pdf(path: Path, settings: IngestSettings) -> Iterator[ExtractedItem]:
-    """Text chunks, rendered pages (settings.render_pages) and embedded images of a PDF, lazily.
+def extract_pdf(
+    path: Path, settings: IngestSettings, chunkings: Sequence[Chunking] | None = None
+) -> Iterator[ExtractedItem]:
+    """Text chunks, rendered pages (settings.render_pages) and embedded images of a PDF, lazily. Text is cut
+    into chunks once per entry of `chunkings` (default: settings.chunk_words for every space).
 
     Raises ExtractionError when the PDF cannot be opened, is encrypted, has no pages or too many, or when
     not one page can be read; a single damaged page or image is skipped with a logged warning.
     """
+    chunkings = list(chunkings or default_chunkings(settings))
     with _open_pdf(path, max_pages=settings.max_pdf_pages) as doc:
         uses: dict[int, _ImageUse] = {}
         failed_pages: list[str] = []
@@ -72,7 +73,7 @@ def extract_pdf(path: Path, settings: IngestSettings) -> Iterator[ExtractedItem]
         for page_index in range(doc.page_count):
             page_number = page_index + 1
             try:
-                page_items = _page_items(doc, page_index, settings, uses)
+                page_items = _page_items(doc, page_index, settings, chunkings, uses)
             except MmragError:
                 raise
             except Exception as exc:
@@ -131,19 +132,42 @@ def _mupdf_warnings_suffix() -> str:
 
 
 def _page_items(
-    doc: pymupdf.Document, page_index: int, settings: IngestSettings, uses: dict[int, _ImageUse]
+    doc: pymupdf.Document,
+    page_index: int,
+    settings: IngestSettings,
+    chunkings: Sequence[Chunking],
+    uses: dict[int, _ImageUse],
 ) -> list[ExtractedItem]:
     """All items of one page (its text chunks and rendered image); records its images in `uses`."""
     page = doc.load_page(page_index)
     page_number = page_index + 1
-    items = _text_chunks(page, page_number, settings)
-    _record_images(page, page_number, settings, uses)
+    items = [item for chunking in chunkings for item in _text_chunks(page, page_number, chunking)]
+    try:
+        _record_images(page, page_number, settings, uses)
+    except Exception as exc:  # the page's text is kept whatever its images do
+        logger.warning("page %d: skipping its images: %s", page_number, exc)
     if settings.render_pages:
         items.append(_render_page(page, page_number, settings))
+    _mark_layout(page, doc.page_count, items)
     return items
 
 
-def _text_chunks(page: pymupdf.Page, page_number: int, settings: IngestSettings) -> list[ExtractedItem]:
+def _mark_layout(page: pymupdf.Page, page_count: int, items: list[ExtractedItem]) -> None:
+    """Note the page's printed number on its items, and on a table of contents or index page the page
+    numbers it lists (mmrag.ingest.listpages)."""
+    try:
+        layout = page_layout(page, page_count)
+    except Exception as exc:  # an odd page layout costs the page its mark, never its text
+        logger.warning("page %d: cannot read its layout: %s", page.number + 1, exc)
+        return
+    for item in items:
+        if layout.label is not None:
+            item.meta[PAGE_LABEL_KEY] = layout.label
+        if layout.points_to is not None:
+            item.meta[LIST_PAGE_KEY] = list(layout.points_to)
+
+
+def _text_chunks(page: pymupdf.Page, page_number: int, chunking: Chunking) -> list[ExtractedItem]:
     words: list[str] = []
     word_blocks: list[int] = []  # index into block_boxes of the block each word came from
     block_boxes: list[BBox] = []
@@ -157,9 +181,7 @@ def _text_chunks(page: pymupdf.Page, page_number: int, settings: IngestSettings)
         words.extend(block_words)
     items: list[ExtractedItem] = []
     page_rect = page.rect
-    for index, window in enumerate(
-        word_windows(len(words), settings.chunk_words, settings.chunk_overlap_words)
-    ):
+    for index, window in enumerate(word_windows(len(words), chunking.words, chunking.overlap)):
         chunk = " ".join(words[window.start : window.stop])
         touched = {word_blocks[i] for i in window}
         items.append(
@@ -169,7 +191,7 @@ def _text_chunks(page: pymupdf.Page, page_number: int, settings: IngestSettings)
                 page=page_number,
                 bbox=_clip(_union(block_boxes[b] for b in touched), page_rect),
                 text=chunk,
-                meta={"chunk": index},
+                meta=chunking.meta({"chunk": index}),
             )
         )
     return items
@@ -192,20 +214,27 @@ def _clip(box: BBox, rect: pymupdf.Rect) -> BBox:
 def _record_images(
     page: pymupdf.Page, page_number: int, settings: IngestSettings, uses: dict[int, _ImageUse]
 ) -> None:
-    for info in page.get_image_info(xrefs=True):
-        xref = int(info.get("xref") or 0)
-        if xref <= 0:
-            # Inline images (no xref) are small by nature in practice: icons, bullets, rules.
-            continue
-        width, height = int(info["width"]), int(info["height"])
-        if min(width, height) < settings.min_pdf_image_side:
-            continue
+    """Note where the page's images are, from the page's resources and content stream: nothing is decoded
+    here (an image MuPDF refuses to decode, "Overly large image", must not cost the page its text)."""
+    for entry in page.get_images(full=True):
+        xref, width, height = int(entry[0]), int(entry[2]), int(entry[3])
+        if xref <= 0 or min(width, height) < settings.min_pdf_image_side:
+            continue  # icons, bullets, rules
         use = uses.get(xref)
-        if use is None:
-            bbox = _clip(tuple(info["bbox"]), page.rect)  # type: ignore[arg-type]
-            uses[xref] = _ImageUse(xref=xref, width=width, height=height, page=page_number, bbox=bbox)
-        elif page_number != use.page and page_number not in use.other_pages:
-            use.other_pages.append(page_number)
+        if use is not None:
+            if page_number != use.page and page_number not in use.other_pages:
+                use.other_pages.append(page_number)
+            continue
+        try:
+            # get_image_bbox answers on the page as shown; items keep unrotated page coordinates
+            rect = page.get_image_bbox(entry) * page.derotation_matrix
+        except Exception as exc:  # a broken content stream or resource: the image is skipped, not the page
+            logger.warning("page %d: cannot place image xref %d: %s", page_number, xref, exc)
+            continue
+        if rect.is_empty or rect.is_infinite:
+            continue  # listed in the page's resources but never drawn
+        bbox = _clip((rect.x0, rect.y0, rect.x1, rect.y1), page.rect)
+        uses[xref] = _ImageUse(xref=xref, width=width, height=height, page=page_number, bbox=bbox)
 
 
 def _image_items(
@@ -214,6 +243,12 @@ def _image_items(
     """One item per distinct image: distinct by xref, and by bytes (one photo stored twice is one photo)."""
     by_digest: dict[str, _ImageUse] = {}
     for use in uses.values():
+        if use.width * use.height > settings.max_image_pixels:
+            logger.warning(
+                "%s: skipping image on page %d: %dx%d pixels exceeds the limit of %d",
+                path, use.page, use.width, use.height, settings.max_image_pixels,
+            )  # fmt: skip
+            continue
         try:
             digest = _image_digest(doc, use.xref)
         except Exception as exc:
@@ -226,16 +261,9 @@ def _image_items(
         for page_number in [use.page, *use.other_pages]:
             if page_number != first.page and page_number not in first.other_pages:
                 first.other_pages.append(page_number)
-    # The page pass (get_image_info) already decoded the images into MuPDF's cache, warnings and all; empty
-    # the cache so each decode below happens now and its damage warnings can be seen.
+    # Empty MuPDF's cache so each decode below happens now and its damage warnings can be seen.
     pymupdf.TOOLS.store_shrink(100)
     for digest, use in by_digest.items():
-        if use.width * use.height > settings.max_image_pixels:
-            logger.warning(
-                "%s: skipping image on page %d: %dx%d pixels exceeds the limit of %d",
-                path, use.page, use.width, use.height, settings.max_image_pixels,
-            )  # fmt: skip
-            continue
         try:
             image = _image_pixels(doc, use.xref)
         except Exception as exc:

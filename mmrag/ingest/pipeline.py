@@ -2,7 +2,8 @@
 
 Files are committed one transaction each, only once all their items are embedded, so a crash or Ctrl-C
 never leaves half a document; embedding batches span files, so a folder of small photos still fills the
-model's batch.
+model's batch, and every file a batch completes is committed right after it (a long file that follows
+them does not hold them back).
 """
 
 from __future__ import annotations
@@ -14,28 +15,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image
-
 from mmrag.collection import Collection, NewItem
 from mmrag.errors import ExtractionError, MmragError
-from mmrag.ingest.discover import DiscoveredFile, SkippedFile, discover, hash_file
-from mmrag.ingest.images import extract_image_file, make_thumbnail
+from mmrag.ingest.dedup import fingerprint_meta
+from mmrag.ingest.discover import (
+    DiscoveredFile,
+    SkippedFile,
+    discover,
+    hash_file,
+    path_bytes_if_escaped,
+    printable_path,
+)
+from mmrag.ingest.images import extract_image_file, fit_for_model, make_thumbnail
 from mmrag.ingest.items import ExtractedItem, FileKind, Modality
-from mmrag.ingest.pdf import extract_pdf
-from mmrag.ingest.text import extract_text_file
+from mmrag.ingest.text import chunkings_for, extract_text_file
 from mmrag.ingest.vectorise import PendingItem, Vectoriser
 from mmrag.settings import Settings
+from mmrag.store.duplicates import DuplicateGrouper
 
 log = logging.getLogger(__name__)
-
-# Images wait for their batch at this size: enough for CLIP and VLMs, and bounded memory.
-WORKING_IMAGE_SIDE = 1024
-MAX_ASPECT = 8  # longer side / shorter side, after padding
 
 
 @dataclass
 class FileOutcome:
-    path: str
+    path: str  # printable (mmrag.ingest.discover.printable_path): the key of the file's Document row
     status: str  # indexed | unchanged | failed | unsupported
     items: int = 0
     reason: str | None = None
@@ -49,6 +52,7 @@ class IndexReport:
     items: int = 0
     pruned: int = 0
     failed: list[FileOutcome] = field(default_factory=list)
+    unsupported_files: list[FileOutcome] = field(default_factory=list)
     interrupted: bool = False
 
     @property
@@ -58,11 +62,19 @@ class IndexReport:
 
 class ProgressSink(Protocol):
     def start(self, total_files: int) -> None: ...
+    def items_embedded(self, count: int) -> None:
+        """`count` more items have their vectors (reported as batches finish, before their files commit)."""
+
     def file_done(self, outcome: FileOutcome) -> None: ...
 
 
-class _NoProgress:
+class NoProgress:
+    """A ProgressSink that ignores everything; subclass it to hear only some events."""
+
     def start(self, total_files: int) -> None:
+        pass
+
+    def items_embedded(self, count: int) -> None:
         pass
 
     def file_done(self, outcome: FileOutcome) -> None:
@@ -75,6 +87,14 @@ class _PendingDoc:
     content_hash: str
     items: list[PendingItem] = field(default_factory=list)
     error: str | None = None  # set when embedding this file failed
+
+    @property
+    def path(self) -> str:
+        return printable_path(self.file.path)
+
+    @property
+    def complete(self) -> bool:
+        return self.error is not None or all(item.done for item in self.items)
 
 
 class Indexer:
@@ -91,32 +111,32 @@ class Indexer:
         self.document_meta = document_meta or {}  # resolved path -> metadata stored with its document
         self.batch_size = settings.models.batch_size
         self._pending: list[_PendingDoc] = []
+        # near-duplicate groups grow as documents commit (one reading of the collection's groups per run)
+        self._duplicates = DuplicateGrouper(collection.db, collection.name)
 
     # ---- the run --------------------------------------------------------------------------------------
 
     def run(
         self, roots: Sequence[Path], prune: bool = False, progress: ProgressSink | None = None
     ) -> IndexReport:
-        progress = progress or _NoProgress()
-        report = IndexReport()
-        found = list(discover(roots, self.settings.ingest.max_file_bytes))
-        seen = {str(f.path) for f in found}
+        self._progress = progress = progress or NoProgress()
+        self._report = report = IndexReport()
+        ingest = self.settings.ingest
+        found = list(discover(roots, ingest.max_file_bytes, {FileKind.TEXT: ingest.max_text_bytes}))
+        seen = {printable_path(f.path) for f in found}
         progress.start(len(found))
-        since_save = 0
+        self._since_save = 0
         try:
             for entry in found:
                 if isinstance(entry, SkippedFile):
-                    self._finish(report, progress, self._skipped(entry))
+                    self._finish(self._skipped(entry))
                     continue
                 outcome = self._ingest_file(entry)
                 if outcome is not None:
-                    self._finish(report, progress, outcome)
+                    self._finish(outcome)
                 if self._pending_load() >= self.batch_size or len(self._pending) >= 64:
-                    since_save += self._flush(report, progress)
-                if since_save >= self.settings.ingest.save_every_files:
-                    self.collection.save()
-                    since_save = 0
-            self._flush(report, progress)
+                    self._flush()
+            self._flush()
             if prune:
                 report.pruned = self._prune(roots, seen)
             self.collection.optimise()  # flat below index.ivf_min_items items, IVF above
@@ -127,7 +147,8 @@ class Indexer:
             self.collection.save()
         return report
 
-    def _finish(self, report: IndexReport, progress: ProgressSink, outcome: FileOutcome) -> None:
+    def _finish(self, outcome: FileOutcome) -> None:
+        report = self._report
         if outcome.status == "indexed":
             report.indexed += 1
             report.items += outcome.items
@@ -135,20 +156,20 @@ class Indexer:
             report.unchanged += 1
         elif outcome.status == "unsupported":
             report.unsupported += 1
+            report.unsupported_files.append(outcome)
         else:
             report.failed.append(outcome)
-        progress.file_done(outcome)
+        self._progress.file_done(outcome)
 
     def _skipped(self, entry: SkippedFile) -> FileOutcome:
-        if entry.unsupported:
-            return FileOutcome(str(entry.path), "unsupported", reason=entry.reason)
-        return FileOutcome(str(entry.path), "failed", reason=entry.reason)
+        status = "unsupported" if entry.unsupported else "failed"
+        return FileOutcome(printable_path(entry.path), status, reason=entry.reason)
 
     # ---- one file -------------------------------------------------------------------------------------
 
     def _ingest_file(self, file: DiscoveredFile) -> FileOutcome | None:
         """Extract a file into the pending batch; returns an outcome now only if it needs no embedding."""
-        path = str(file.path)
+        path = printable_path(file.path)
         existing = self.collection.document_by_path(path)
         intact = existing is not None and existing.status == "indexed" and existing.error is None
         if intact and existing.size == file.size and existing.mtime == file.mtime:  # type: ignore[union-attr]
@@ -166,6 +187,7 @@ class Indexer:
                 doc.items.append(self._prepare(extracted))
                 if self._pending_load(doc) >= self.batch_size:
                     self._vectorise([*self._pending, doc])
+                    self._commit_complete()  # files this batch completed do not wait for this one
         except ExtractionError as exc:
             return self._fail(file, content_hash, str(exc))
         except (OSError, MemoryError, ValueError, RuntimeError) as exc:  # library errors on hostile input
@@ -179,15 +201,20 @@ class Indexer:
         ingest = self.settings.ingest
         if file.kind is FileKind.IMAGE:
             return extract_image_file(file.path, ingest)
+        chunkings = chunkings_for(ingest, self.settings.spaces)
         if file.kind is FileKind.PDF:
-            return extract_pdf(file.path, ingest)
-        return extract_text_file(file.path, ingest)
+            from mmrag.ingest.pdf import extract_pdf  # PyMuPDF loads in ~1 s: only when there is a PDF
+
+            return extract_pdf(file.path, ingest, chunkings)
+        return extract_text_file(file.path, ingest, chunkings)
 
     def _prepare(self, extracted: ExtractedItem) -> PendingItem:
         thumbnail = None
         if extracted.image is not None:
             thumbnail = self._write_thumbnail(extracted)
-            extracted.image = _working_copy(extracted.image)
+            if extracted.modality is Modality.IMAGE:  # before resizing: every copy is read at full size
+                extracted.meta.update(fingerprint_meta(extracted.image))
+            extracted.image = fit_for_model(extracted.image)
         return PendingItem(extracted, thumbnail)
 
     def _write_thumbnail(self, extracted: ExtractedItem) -> str:
@@ -202,15 +229,17 @@ class Indexer:
         return str(relative)
 
     def _fail(self, file: DiscoveredFile, content_hash: str, reason: str) -> FileOutcome:
+        path = printable_path(file.path)
         self.collection.record_failure(
-            path=str(file.path),
+            path=path,
+            path_bytes=path_bytes_if_escaped(file.path),
             kind=file.kind.value,
             content_hash=content_hash,
             size=file.size,
             mtime=file.mtime,
             error=reason,
         )
-        return FileOutcome(str(file.path), "failed", reason=reason)
+        return FileOutcome(path, "failed", reason=reason)
 
     # ---- batching -------------------------------------------------------------------------------------
 
@@ -229,6 +258,7 @@ class Indexer:
     def _vectorise(self, docs: Sequence[_PendingDoc]) -> None:
         """Embed a batch; if the batch fails, retry file by file so that only the file at fault fails.
         Errors of ours (a misconfigured model or captioner) concern every file and stop the run."""
+        waiting = sum(1 for doc in docs if doc.error is None for it in doc.items if not it.done)
         try:
             self.vectoriser.run([it for doc in docs if doc.error is None for it in doc.items])
         except MmragError:
@@ -238,57 +268,71 @@ class Indexer:
                 if doc.error is not None:
                     continue
                 try:
+                    todo = sum(1 for it in doc.items if not it.done)
                     self.vectoriser.run(doc.items)
+                    self._progress.items_embedded(todo)
                 except MmragError:
                     raise
                 except Exception as exc:  # the model choked on something in this file
-                    log.warning("embedding failed for %s", doc.file.path, exc_info=True)
+                    log.warning("embedding failed for %s", doc.path, exc_info=True)
                     doc.error = f"embedding failed: {type(exc).__name__}: {exc}"
+        else:
+            self._progress.items_embedded(waiting)
 
-    def _flush(self, report: IndexReport, progress: ProgressSink) -> int:
-        """Embed everything pending, then commit each complete document. Returns documents committed."""
-        if not self._pending:
-            return 0
-        self._vectorise(self._pending)
-        done = 0
+    def _flush(self) -> None:
+        """Embed everything pending, then commit each document."""
+        if self._pending:
+            self._vectorise(self._pending)
+            self._commit_complete()
+
+    def _commit_complete(self) -> None:
+        """Commit (or fail) every pending document whose items all have their vectors, in the order the
+        files came; the others stay pending."""
+        still: list[_PendingDoc] = []
         for doc in self._pending:
-            if doc.error is not None:
-                self._finish(report, progress, self._fail(doc.file, doc.content_hash, doc.error))
-                continue
-            items = [_to_new_item(it) for it in doc.items if it.vectors]
-            if not items:  # e.g. caption road only, and the captioner failed on every image
-                reasons = {it.extracted.meta.get("caption_error") for it in doc.items} - {None}
-                why = "; ".join(sorted(reasons)) or "nothing could be embedded"
-                self._finish(
-                    report, progress, self._fail(doc.file, doc.content_hash, f"no item indexed: {why}")
-                )
-                continue
-            if len(items) < len(doc.items):
-                log.warning(
-                    "%s: %d of %d items could not be embedded",
-                    doc.file.path,
-                    len(doc.items) - len(items),
-                    len(doc.items),
-                )
-            self.collection.replace_document(
-                path=str(doc.file.path),
-                kind=doc.file.kind.value,
-                content_hash=doc.content_hash,
-                size=doc.file.size,
-                mtime=doc.file.mtime,
-                items=items,
-                meta=self.document_meta.get(str(doc.file.path)),
+            if doc.complete:
+                self._finish(self._commit(doc))
+            else:
+                still.append(doc)
+        self._pending = still
+        if self._since_save >= self.settings.ingest.save_every_files:
+            self.collection.save()
+            self._since_save = 0
+
+    def _commit(self, doc: _PendingDoc) -> FileOutcome:
+        if doc.error is not None:
+            return self._fail(doc.file, doc.content_hash, doc.error)
+        items = [_to_new_item(it) for it in doc.items if it.vectors]
+        if not items:  # e.g. caption road only, and the captioner failed on every image
+            reasons = {it.extracted.meta.get("caption_error") for it in doc.items} - {None}
+            why = "; ".join(sorted(reasons)) or "nothing could be embedded"
+            return self._fail(doc.file, doc.content_hash, f"no item indexed: {why}")
+        if len(items) < len(doc.items):
+            log.warning(
+                "%s: %d of %d items could not be embedded",
+                doc.path,
+                len(doc.items) - len(items),
+                len(doc.items),
             )
-            done += 1
-            self._finish(report, progress, FileOutcome(str(doc.file.path), "indexed", items=len(items)))
-        self._pending.clear()
-        return done
+        doc_id = self.collection.replace_document(
+            path=doc.path,
+            path_bytes=path_bytes_if_escaped(doc.file.path),
+            kind=doc.file.kind.value,
+            content_hash=doc.content_hash,
+            size=doc.file.size,
+            mtime=doc.file.mtime,
+            items=items,
+            meta=self.document_meta.get(doc.path),
+        )
+        self._duplicates.assign_document(doc_id)
+        self._since_save += 1
+        return FileOutcome(doc.path, "indexed", items=len(items))
 
     # ---- prune ----------------------------------------------------------------------------------------
 
     def _prune(self, roots: Sequence[Path], seen: set[str]) -> int:
         """Remove documents under the given roots whose files were not found in this walk."""
-        prefixes = [str(Path(r).resolve()) for r in roots]
+        prefixes = [printable_path(Path(r).resolve()) for r in roots]
         gone = [
             doc.id
             for doc in self.collection.documents()
@@ -299,21 +343,6 @@ class Indexer:
 
 def _is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _working_copy(image: Image.Image) -> Image.Image:
-    """Downscale to WORKING_IMAGE_SIDE, then pad extreme strips to MAX_ASPECT: models resize the short side
-    to their input size, and a 1x60000 strip would otherwise become a 224x13M-pixel tensor."""
-    if max(image.size) > WORKING_IMAGE_SIDE:
-        image = image.copy()
-        image.thumbnail((WORKING_IMAGE_SIDE, WORKING_IMAGE_SIDE), Image.Resampling.BICUBIC)
-    width, height = image.size
-    short = max(width, height) // MAX_ASPECT
-    if min(width, height) >= short:
-        return image
-    canvas = Image.new("RGB", (max(width, short), max(height, short)), "white")
-    canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
-    return canvas
 
 
 def _to_new_item(it: PendingItem) -> NewItem:

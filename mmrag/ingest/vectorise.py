@@ -14,7 +14,9 @@ from PIL import Image
 
 from mmrag.caption.base import Captioner, CaptionResult, OcrEngine
 from mmrag.embed.base import ImageEncoder, TextEncoder
+from mmrag.ingest.images import fit_for_model
 from mmrag.ingest.items import ExtractedItem, Modality
+from mmrag.ingest.text import SPACES_KEY
 from mmrag.store.captions import cached_captions, store_captions
 from mmrag.store.db import Database
 
@@ -61,12 +63,15 @@ class Vectoriser:
                     "embed_clip", self.clip.encode_images, [it.extracted.image for it in images]
                 )
                 self._assign(images, self.clip.space, vecs)
-            if chunks:
-                vecs = self._timed("embed_clip", self.clip.encode_texts, [it.extracted.text for it in chunks])
-                self._assign(chunks, self.clip.space, vecs)
+            clip_chunks = [it for it in chunks if _embedded_in(it, self.clip.space)]
+            if clip_chunks:
+                texts = [it.extracted.text for it in clip_chunks]
+                self._assign(
+                    clip_chunks, self.clip.space, self._timed("embed_clip", self.clip.encode_texts, texts)
+                )
         if self.text is not None:
             described = [it for it in images if it.extracted.meta.get("description")]
-            targets = chunks + described
+            targets = [it for it in chunks if _embedded_in(it, self.text.space)] + described
             if targets:
                 texts = [it.extracted.meta.get("description") or it.extracted.text for it in targets]
                 self._assign(
@@ -102,7 +107,8 @@ class Vectoriser:
         engine_id = engine.captioner_id if stage == "caption" else engine.ocr_id  # type: ignore[union-attr]
         by_hash: dict[str, Image.Image] = {}
         for it in images:
-            by_hash.setdefault(it.extracted.content_hash, it.extracted.image)  # type: ignore[arg-type]
+            assert it.extracted.image is not None
+            by_hash.setdefault(it.extracted.content_hash, fit_for_model(it.extracted.image))
         results = {h: CaptionResult(text=t) for h, t in cached_captions(self.db, by_hash, engine_id).items()}
         todo = [h for h in by_hash if h not in results]
         for start in range(0, len(todo), self.caption_batch):
@@ -145,3 +151,9 @@ class Vectoriser:
     def _assign(items: Sequence[PendingItem], space: str, vectors: np.ndarray) -> None:
         for it, vec in zip(items, vectors, strict=True):
             it.vectors[space] = vec
+
+
+def _embedded_in(item: PendingItem, space: str) -> bool:
+    """A text chunk goes into every active space, unless its chunking names its own (ingest.text.Chunking)."""
+    spaces = item.extracted.meta.get(SPACES_KEY)
+    return spaces is None or space in spaces

@@ -9,7 +9,9 @@ first one in migrates; the others then find the schema at head and do nothing.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.errors import MmragError
@@ -109,8 +111,38 @@ def _postgres_migration_lock(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
+_REVISION = re.compile(r'^(down_revision|revision): str(?: \| None)? = "?(\w+)"?', re.M)
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration's revision id, read from the migration files (no Alembic import)."""
+    revisions, parents = set(), set()
+    for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict((key, value) for key, value in _REVISION.findall(script.read_text(encoding="utf-8")))
+        revisions.add(found["revision"])
+        parents.add(found.get("down_revision", "None"))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise MmragError(f"the migrations have {len(heads)} heads ({sorted(heads)}): one expected")
+    return heads.pop()
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """One query: is the database at the newest revision already? (Importing Alembic and its migration
+    scripts costs most of a second, paid by every command otherwise.)"""
+    try:
+        with engine.connect() as connection:
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:  # no schema yet
+        return False
+    return current == head_revision()
+
+
 def upgrade_schema(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision; safe when several processes do it at once."""
+    if schema_is_current(engine):
+        return
     from alembic import command
     from alembic.config import Config
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -32,6 +34,21 @@ class Base(DeclarativeBase):
     pass
 
 
+class CollectionRow(Base):
+    """One row per collection: `generation` counts its writes (every transaction that changes its items
+    bumps it), so a process holding indexes in memory can tell in one query whether another process wrote;
+    `setup` is how the collection was built (spaces, models, roads), see mmrag.collection."""
+
+    __tablename__ = "collections"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    setup: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
 class Space(Base):
     """An embedding space of a collection and the model that defines it."""
 
@@ -49,7 +66,8 @@ class Document(Base):
 
     id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
     collection: Mapped[str] = mapped_column(String(64), index=True)
-    path: Mapped[str] = mapped_column(String(4096))
+    path: Mapped[str] = mapped_column(String(4096))  # printable: a name that is not UTF-8 has \xNN escapes
+    path_bytes: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # only for such names
     kind: Mapped[str] = mapped_column(String(16))
     content_hash: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
@@ -63,6 +81,11 @@ class Document(Base):
     items: Mapped[list[Item]] = relationship(
         back_populates="document", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @property
+    def fs_path(self) -> str:
+        """The path to open: the file system's own bytes where the printable path had to escape some."""
+        return os.fsdecode(self.path_bytes) if self.path_bytes is not None else self.path
 
 
 class Item(Base):
@@ -136,3 +159,29 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ImageGroup(Base):
+    """One fingerprinted image item: its pHash and the near-duplicate group it belongs to."""
+
+    __tablename__ = "image_groups"
+    __table_args__ = (Index("ix_image_groups_collection_group", "collection", "group_id"),)
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(64))
+    phash: Mapped[int] = mapped_column(BigInteger)  # the 64 bits as a signed integer (no uint64 in SQL)
+    group_id: Mapped[int] = mapped_column(BigInteger)  # the id of the group's first item
+
+
+class ApiKey(Base):
+    """An API key an admin made at run time (POST /v1/keys): only its sha256 digest is kept."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("sha256", name="uq_api_keys_sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex, public: names the key
+    sha256: Mapped[str] = mapped_column(String(64))  # hex digest of the key; looked up by it
+    name: Mapped[str] = mapped_column(String(64), default="")
+    collections: Mapped[list[str]] = mapped_column(JSON, default=list)  # names, or ["*"]
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

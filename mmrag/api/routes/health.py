@@ -24,7 +24,7 @@ async def health() -> Health:
 )
 async def ready(service: ServiceDep) -> Response:
     if service.ready.is_set():
-        return JSONResponse(Readiness(ready=True).model_dump())
+        return JSONResponse(Readiness(ready=True, models=service.loaded_models()).model_dump())
     detail = service.load_error or "loading models and indexes"
     return JSONResponse(Readiness(ready=False, detail=detail).model_dump(), status_code=503)
 
