@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-STEPS = ("clip", "offline", "pdf", "query", "ann", "threads")
+STEPS = ("startup", "clip", "offline", "pdf", "query", "ann", "threads")
 FULL_SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (2_000, 5_000)
 ANN_SIZES = (100_000, 1_000_000)
@@ -142,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         "query": [],
     }
     try:
+        if "startup" in steps:
+            from bench.startup import run_startup
+
+            _step(
+                "start-up: --help, stats, no-change index, first query",
+                lambda: run_startup(work / "startup", runs=1 if args.quick else 3),
+                results,
+                "startup",
+            )
         if "clip" in steps:
             _step(
                 "ingest: CLIP road images",
@@ -248,6 +257,10 @@ def print_summary(results: dict[str, Any]) -> None:
         f"GPU: {machine['gpu'] or 'none'}; torch threads {machine['torch_threads']}; load average "
         f"{results.get('load_average_at_start')} at start, {results.get('load_average_at_end')} at end"
     )
+    if results.get("startup"):
+        from bench.startup import print_startup
+
+        print_startup(results["startup"])
     if results["ingest"]:
         print_ingest(results["ingest"])
     if results["query"]:
