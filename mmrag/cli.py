@@ -71,6 +71,9 @@ def main(
     ] = None,
     collection: Annotated[str | None, typer.Option(help="Collection to work on.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(min=0, help="torch, FAISS and ONNX Runtime threads (0 = auto).")
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -87,17 +90,21 @@ def main(
         _State.overrides["data_dir"] = data_dir
     if collection is not None:
         _State.overrides["collection"] = collection
+    if threads is not None:
+        _State.overrides["threads"] = threads
 
 
 def _settings(needs_models: bool = True, **extra: Any) -> Settings:
     """The command's settings: the collection's recorded setup under what was given explicitly, and on a
     first run, settings whose models can load here (notes say what was chosen)."""
     from mmrag.runtime import resolve_settings
+    from mmrag.threads import apply_threads
 
     settings, notes = resolve_settings(_State.config, {**_State.overrides, **extra}, needs_models)
     for note in notes:
         err.print("[yellow]note:[/] ", end="")
         err.print(note, markup=False, highlight=False)
+    apply_threads(settings.threads)  # before any model or index loads: OpenMP reads it once
     return settings
 
 
@@ -627,18 +634,18 @@ def serve(
 ) -> None:
     """Run the REST service (docs at /docs, schema at /openapi.json). Needs `pip install 'mmrag[serve]'`."""
     # Requests run on a pool of threads, each with its own OpenMP team in torch and FAISS; spinning teams
-    # starve each other on a busy CPU (queries 5-10x slower on 2 cores). Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # starve each other on a busy CPU (queries 5-10x slower on 2 cores). The settings (which apply the
+    # thread count and OMP_WAIT_POLICY=PASSIVE, mmrag.threads) come first: the API's imports load FAISS.
+    try:
+        settings = _settings()  # the default collection's recorded setup; on a first run, models that load
+    except MmragError as exc:
+        raise _fail(exc) from None
     try:
         import uvicorn
 
         from mmrag.api import create_app
     except ImportError as exc:
         raise _fail(MmragError(f"the service needs its extras: pip install 'mmrag[serve]' ({exc})")) from None
-    try:
-        settings = _settings()  # the default collection's recorded setup; on a first run, models that load
-    except MmragError as exc:
-        raise _fail(exc) from None
     if not settings.api.authentication:
         err.print(
             "[yellow]no API keys configured (api.api_key_hashes, api.keys):[/] every client is let in; "

@@ -45,6 +45,10 @@ class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
+    # Threads that prepare images (resize, crop) a batch ahead of CLIP's forward; 0 = auto (half the cores
+    # up to 4 on CPU, up to 8 with a GPU).
+    preprocess_workers: int = Field(0, ge=0, le=64)
+    query_cache_size: int = Field(1024, ge=0)  # recent query embeddings kept per model; 0 = off
     cache_dir: Path | None = None  # where hub weights are cached; None = the library's default
     # The text space's sentence-transformers model; the packaged MiniLM copy is used when installed.
     text: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -222,8 +226,16 @@ class IndexSettings(_Section):
     # (durable storage, shared by processes and machines). The database keeps every vector either way.
     backend: Literal["faiss", "milvus"] = "faiss"
     use_gpu: Literal["auto", "never"] = "auto"
-    ivf_min_items: int = Field(100_000, ge=1000)  # below this, exact flat search is fast enough
-    nprobe: int = Field(16, ge=1)
+    ivf_min_items: int = Field(100_000, ge=1000)  # below this, exact flat search; from here, `ann`
+    # The approximate layout from ivf_min_items up: "ivf" (builds in seconds, deletes in place) or "hnsw"
+    # (no training, fast accurate queries, slower to build; removed vectors stay hidden until a rebuild).
+    ann: Literal["ivf", "hnsw"] = "ivf"
+    nprobe: int = Field(
+        0, ge=0
+    )  # IVF lists searched per query; 0 = auto (64: recall@10 >= 0.95, bench/ann.py)
+    hnsw_m: int = Field(32, ge=4, le=256)  # graph links per vector
+    hnsw_ef_construction: int = Field(40, ge=8, le=4096)  # candidates kept while building
+    hnsw_ef_search: int = Field(128, ge=1, le=65536)  # candidates kept while searching; 128: recall@10 ~0.97
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
 
 
@@ -312,6 +324,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None  # None: SQLite in data_dir; any SQLAlchemy URL otherwise
     collection: str = Field("default", pattern=COLLECTION_NAME_PATTERN)
+    # torch, FAISS and ONNX Runtime threads (mmrag.threads); 0 = auto: one per core up to 8, one core left
+    # free on machines with up to 4.
+    threads: int = Field(0, ge=0, le=1024)
     models: ModelSettings = Field(default_factory=ModelSettings)
     spaces: SpacesSettings = Field(default_factory=SpacesSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)

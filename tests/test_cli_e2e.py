@@ -81,8 +81,15 @@ def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None
     assert info["items"]["image"] == 4 + 2  # the PDF's cat is used twice but stored once
     assert info["items"]["text"] >= 3
 
-    # an image query finds the identical photo: the file and the picture inside the PDF
-    res = mmrag(data, "query", "--image", str(library / "photos" / "chelsea.jpg"), "-k", "3", "--json")
+    # an image query finds the identical photo: the file and the picture inside the PDF, one hit naming the
+    # other copy ("also in"); with the copies unfolded, both, the PDF's with its page and box
+    query = ["query", "--image", str(library / "photos" / "chelsea.jpg"), "-k", "3", "--json"]
+    res = mmrag(data, *query)
+    assert res.returncode == 0, res.stderr
+    top = json.loads(res.stdout)[0]
+    copies = {(Path(h["path"]).name, h["page"]) for h in [top, *top["also_in"]]}
+    assert copies == {("chelsea.jpg", None), ("report.pdf", 1)} and top["scores"]["clip:image>image"] > 0.99
+    res = mmrag(data, *query, extra_env={"MMRAG_RETRIEVE__FOLD_DUPLICATES": "false"})
     assert res.returncode == 0, res.stderr
     hits = json.loads(res.stdout)
     top_two = {(Path(h["path"]).name, h["page"]) for h in hits[:2]}
@@ -97,7 +104,8 @@ def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr
     hits = json.loads(res.stdout)
     assert {h["modality"] for h in hits} == {"image", "text"}
-    assert {Path(h["path"]).name for h in hits} >= {"report.pdf", "notes.md", "rocket.jpg"}
+    found = {Path(c["path"]).name for h in hits for c in [h, *h["also_in"]]}  # a folded copy is named
+    assert found >= {"report.pdf", "notes.md", "rocket.jpg"}
     # piped (not a terminal): a header and one tab-separated line per hit, paths whole, the matched text
     res = mmrag(data, "query", "a rocket on the launch pad", "-k", "5", extra_env={"COLUMNS": "40"})
     assert res.returncode == 0, res.stderr
