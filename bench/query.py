@@ -213,10 +213,11 @@ def _measure_layout(
     rss_before = rss_bytes()
     store.ensure(key, model_id, dim)
     started = time.perf_counter()
-    if layout == "ivf":
-        store.optimise(lambda _key: (ids, vectors))
-    else:
-        store.upsert(key, ids, vectors, [])  # the FAISS store keeps no payload
+    store.upsert(key, ids, vectors, [])  # the FAISS store keeps no payload
+    if layout == "ivf":  # an empty index has nothing to relayout: fill it flat, then time the IVF rebuild
+        started = time.perf_counter()
+        if store.optimise(lambda _key: (ids, vectors)) != [key]:
+            raise RuntimeError(f"the store did not relayout {key} at {size} items")
     build_s = time.perf_counter() - started
     rss_after = rss_bytes()
     started = time.perf_counter()
