@@ -2,8 +2,8 @@
 
 For each collection size N the step writes N items into a real mmrag database (SQLite; one document per
 10 items, as PDFs with several figures would give) and N random unit vectors (the index does not care what
-they mean) into a real `VectorIndex` of each layout, flat and IVF, through `VectorIndex.rebuild`: the call
-mmrag itself makes when it switches layout. Then, per query text:
+they mean) into the FAISS vector store in each layout, flat and IVF (through `optimise`: what mmrag itself
+does when a collection grows past index.ivf_min_items). Then, per query text:
 
 - floor: the CLIP text tower encodes the query, then FAISS searches the index at the depth the retriever
   asks for (max(3k, 30));
@@ -198,29 +198,34 @@ def _measure_layout(
     """Build one index layout over (ids, vectors), then time every query's floor and full search (and
     with `padded`, the same with the text tower run on 77 tokens, in turn with the trimmed runs)."""
     from mmrag.collection import Collection
-    from mmrag.index.vector_index import VectorIndex
     from mmrag.retrieve.search import Retriever
 
     size, dim = vectors.shape
-    # rebuild() picks the layout by size: move the threshold to either side of this size.
+    key = f"{SPACE}.{MODALITY}"
+    # The store relayouts by size (flat below index.ivf_min_items, IVF above): move the threshold to either
+    # side of this size, then let it rebuild from these vectors, as mmrag does when a collection grows.
     index_settings = settings.index.model_copy(
-        update={"ivf_min_items": 1000 if layout == "ivf" else max(1000, size + 1)}
+        update={"backend": "faiss", "ivf_min_items": 1000 if layout == "ivf" else max(1000, size + 1)}
     )
+    collection = Collection(settings.model_copy(update={"index": index_settings}), db, [encoder])
+    store = collection.store
     gc.collect()
     rss_before = rss_bytes()
-    index = VectorIndex.create(f"{SPACE}.{MODALITY}", model_id, dim, index_settings)
+    store.ensure(key, model_id, dim)
     started = time.perf_counter()
-    index.rebuild(ids, vectors)
+    store.upsert(key, ids, vectors, [])  # the FAISS store keeps no payload
+    if layout == "ivf":  # an empty index has nothing to relayout: fill it flat, then time the IVF rebuild
+        started = time.perf_counter()
+        if store.optimise(lambda _key: (ids, vectors)) != [key]:
+            raise RuntimeError(f"the store did not relayout {key} at {size} items")
     build_s = time.perf_counter() - started
     rss_after = rss_bytes()
-    index_dir = settings.index_dir() / f"{SPACE}.{MODALITY}"
     started = time.perf_counter()
-    index.save(index_dir)
+    store.persist(0)
     save_s = time.perf_counter() - started
-    file_bytes = (index_dir / "index.faiss").stat().st_size
-
-    collection = Collection(settings.model_copy(update={"index": index_settings}), db, [encoder])
-    collection.indexes[f"{SPACE}.{MODALITY}"] = index
+    file_bytes = sum(p.stat().st_size for p in (settings.index_dir() / key).glob("*"))
+    collection.generation = 0
+    collection.dims = {SPACE: dim}
     stages: dict[str, list[float]] = {}
 
     def on_stage(stage: str, seconds: float) -> None:
@@ -238,7 +243,7 @@ def _measure_layout(
         started = time.perf_counter()
         query = enc.encode_texts([text])
         encoded = time.perf_counter()
-        index.search(query, depth)
+        store.search(key, query, depth)
         finished = time.perf_counter()
         into["encode"].append(encoded - started)
         into["search"].append(finished - encoded)
@@ -275,7 +280,7 @@ def _measure_layout(
         }
     return {
         "items": size,
-        "layout": index.manifest.index_type,
+        "layout": store.describe(key).type,
         "dim": dim,
         "queries": len(texts),
         "k": k,

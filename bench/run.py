@@ -10,7 +10,9 @@ same on a laptop and on a server even when the absolute numbers do not:
   text tower run padded to 77 tokens (the floor and full search before the token trim);
 - ann: IVF and HNSW build time, recall@10 against exact search and latency on real MiniLM embeddings of
   Debian's manuals tiled to 100k and 1M (bench/ann.py);
-- threads: CLIP query, CLIP image batch and FAISS search at 1, 2, ... threads (bench/threads.py).
+- threads: CLIP query, CLIP image batch and FAISS search at 1, 2, ... threads (bench/threads.py);
+- stores: FAISS and Milvus Lite side by side through mmrag's vector-store interface: insert rate, query
+  p50/p99 without a filter and with a selective and a broad one (pushed down), recall@10, memory per item.
 
 The PDF step also scores the PDF's outline queries (docs/evaluation.md) on the collection it built.
 `--quick` runs every step at toy sizes (a smoke test, not a measurement). `--gpu` runs the CUDA checks
@@ -34,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-STEPS = ("startup", "clip", "offline", "pdf", "query", "ann", "threads")
+STEPS = ("startup", "clip", "offline", "pdf", "query", "stores", "ann", "threads")
 FULL_SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (2_000, 5_000)
 ANN_SIZES = (100_000, 1_000_000)
@@ -62,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--ann-sizes", default=None, help="sizes for the ann step (default 100000,1000000)")
     add("--hnsw-max-items", type=int, default=100_000, help="ann step: HNSW only up to this size")
     add("--rounds", type=int, default=None, help="interleaved rounds of the CLIP ingest step (default 3)")
+    add("--store-sizes", default=None, help="sizes for the stores step (default 100000)")
+    add(
+        "--milvus-index",
+        default="AUTOINDEX",
+        help="Milvus index type for the stores step (default AUTOINDEX)",
+    )
     add(
         "--gpu",
         action="store_true",
@@ -80,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quick = args.quick
     default_sizes = QUICK_SIZES if quick else FULL_SIZES
     args.sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(default_sizes)
+    default_store_sizes = "2000" if quick else "100000"
+    args.store_sizes = [int(s) for s in (args.store_sizes or default_store_sizes).split(",")]
     default_ann = QUICK_ANN_SIZES if quick else ANN_SIZES
     args.ann_sizes = [int(s) for s in args.ann_sizes.split(",")] if args.ann_sizes else list(default_ann)
     args.rounds = args.rounds or (1 if quick else 3)
@@ -131,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             "pdf": str(args.pdf),
             "pdf_pages": args.pdf_pages,
             "ivf_max_items": args.ivf_max_items,
+            "store_sizes": args.store_sizes,
+            "milvus_index": args.milvus_index,
             "ann_sizes": args.ann_sizes,
             "hnsw_max_items": args.hnsw_max_items,
             "rounds": args.rounds,
@@ -140,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "ingest": {},
         "query": [],
+        "stores": [],
     }
     try:
         if "startup" in steps:
@@ -181,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[bold]query[/]: sizes {args.sizes}, {args.queries} queries each")
             results["query"] = query.bench_queries(
                 work / "query", args.sizes, args.queries, ivf_max_items=args.ivf_max_items
+            )
+        if "stores" in steps:
+            from bench import stores
+
+            console.print(f"[bold]stores[/]: FAISS and Milvus Lite at {args.store_sizes} items")
+            results["stores"] = stores.bench_stores(
+                work / "stores", args.store_sizes, args.queries, milvus_index=args.milvus_index
             )
         if "ann" in steps:
             _step("ann: IVF and HNSW on real clustered embeddings", lambda: _ann(args, work), results, "ann")
@@ -271,6 +291,31 @@ def print_summary(results: dict[str, Any]) -> None:
         print_threads(results["threads"])
     if results.get("gpu"):
         print_gpu(results["gpu"])
+    if results.get("stores"):
+        print_stores(results["stores"])
+
+
+def print_stores(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Vector stores through mmrag's interface (random 512-d unit vectors, depth 30)")
+    for column in (
+        "items", "backend", "index", "insert items/s", "ready", "p50 / p99 no filter",
+        "p50 / p99 selective", "p50 / p99 broad", "recall@10", "RSS B/item", "disk B/item",
+    ):  # fmt: skip
+        table.add_column(column)
+    for row in rows:
+        q = row["query"]
+        table.add_row(
+            f"{row['items']:,}",
+            row["backend"],
+            row["index"].split(" (")[0],
+            f"{row['insert_items_per_s']:,.0f}",
+            f"{row['ready_s']:.1f} s",
+            *(f"{q[n]['p50_ms']:.1f} / {q[n]['p99_ms']:.1f} ms" for n in ("none", "selective", "broad")),
+            f"{row['recall_at_10']:.3f}",
+            f"{row['rss_bytes_per_item']:,.0f}",
+            f"{row['disk_bytes_per_item']:,.0f}",
+        )
+    console.print(table)
 
 
 def print_ingest(steps: dict[str, Any]) -> None:

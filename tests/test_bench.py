@@ -193,6 +193,16 @@ def test_bench_quick_runs_every_step_and_writes_json_and_png(tmp_path: Path) -> 
         assert 0.0 <= row["recall_at_k"] <= 1.0 and row["build_s"] > 0
         assert row["search"]["p50_ms"] > 0 and row["exact_search"]["p50_ms"] > 0
     assert [row["threads"] for row in results["threads"]["rows"]] == [1, 2]
+
+    stores = {row["backend"]: row for row in results["stores"]}
+    assert set(stores) == {"faiss", "milvus"} and all(row["items"] == 2000 for row in stores.values())
+    for row in stores.values():
+        assert row["insert_items_per_s"] > 0 and row["query"]["selective"]["p99_ms"] > 0
+        # 10 documents (100 items) and one folder of 100 (20 items at 2000): the filters are pushed into the
+        # search, so every item that matches comes back, up to the depth of 30
+        assert row["mean_hits"] == {"none": 30, "selective": 30, "broad": 20}
+    assert stores["faiss"]["recall_at_10"] == 1.0 and stores["milvus"]["recall_at_10"] > 0.9
+    assert "Vector stores" in run.stdout
     with Image.open(out / "bench.png") as image:
         assert image.format == "PNG"
 

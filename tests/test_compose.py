@@ -35,7 +35,15 @@ VARIANTS = {
     "cpu": ["docker-compose.yml", "docker-compose.cpu.yml"],
     "ollama": ["docker-compose.yml", "docker-compose.ollama.yml"],
     "base": ["docker-compose.yml"],
+    "milvus": ["docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.milvus.yml"],
+    "milvus-gpu": [
+        "docker-compose.yml",
+        "docker-compose.gpu.yml",
+        "docker-compose.milvus.yml",
+        "docker-compose.milvus-gpu.yml",
+    ],
 }
+MILVUS_SECRETS = {"MINIO_SECRET_KEY": "minio4tests"}
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -72,7 +80,8 @@ def _compose(files: list[str], env: dict[str, str], *args: str) -> subprocess.Co
 
 
 def _config(variant: str, **env: str) -> dict[str, Any]:
-    res = _compose(VARIANTS[variant], {**SECRETS, **env}, "config", "--format", "json")
+    secrets = {**SECRETS, **(MILVUS_SECRETS if variant.startswith("milvus") else {})}
+    res = _compose(VARIANTS[variant], {**secrets, **env}, "config", "--format", "json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -220,6 +229,59 @@ def test_vllm_serves_what_the_api_asks_of_it(monkeypatch: pytest.MonkeyPatch) ->
     assert json.loads(arg("--limit-mm-per-prompt"))["image"] >= settings.generate.max_images
     assert int(arg("--max-model-len")) >= settings.generate.context_tokens + settings.generate.max_tokens
     assert services["vllm"]["environment"]["VLLM_API_KEY"] == ""  # same (empty) key as the API sends
+
+
+@needs_compose
+def test_milvus_override_adds_milvus_standalone_and_points_the_api_at_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _config("milvus")
+    services = config["services"]
+    assert set(services) == {"api", "postgres", "etcd", "minio", "milvus"}
+    milvus = services["milvus"]
+    assert milvus["image"].startswith("milvusdb/milvus:") and milvus["command"] == [
+        "milvus",
+        "run",
+        "standalone",
+    ]
+    assert milvus["healthcheck"]["test"] == ["CMD", "curl", "-f", "http://localhost:9091/healthz"]
+    assert milvus["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert milvus["environment"]["MINIO_ADDRESS"] == "minio:9000"
+    # Milvus reads MinIO with the credentials MinIO was started with
+    assert (
+        milvus["environment"]["MINIO_SECRET_ACCESS_KEY"]
+        == services["minio"]["environment"]["MINIO_SECRET_KEY"]
+    )
+    assert (
+        milvus["environment"]["MINIO_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ACCESS_KEY"]
+    )
+    for dependency in ("etcd", "minio"):
+        assert milvus["depends_on"][dependency]["condition"] == "service_healthy"
+        assert services[dependency]["healthcheck"]["test"]
+    assert services["api"]["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    mounts = {m["target"]: m["source"] for m in milvus["volumes"] if m["type"] == "volume"}
+    assert mounts == {"/var/lib/milvus": "milvus-data"}
+    assert {"milvus-etcd", "milvus-minio", "milvus-data", "pgdata"} <= set(config["volumes"])
+    assert "ports" not in milvus  # reached by the API inside the compose network only
+    settings = _container_settings(services["api"], monkeypatch)
+    assert settings.index.backend == "milvus" and settings.index.milvus.uri == "http://milvus:19530"
+    assert settings.index.milvus.index_type == "HNSW" and not settings.index.milvus.is_local
+    missing = _compose(VARIANTS["milvus"], SECRETS, "config", "--quiet")
+    assert missing.returncode != 0 and "MINIO_SECRET_KEY" in missing.stderr
+
+
+@needs_compose
+def test_milvus_gpu_override_gives_milvus_the_gpu_and_the_gpu_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = _config("milvus-gpu")["services"]
+    milvus = services["milvus"]
+    assert milvus["image"].endswith("-gpu")
+    (device,) = milvus["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    settings = _container_settings(services["api"], monkeypatch)
+    assert settings.index.milvus.index_type == "GPU_CAGRA"
+    assert settings.index.milvus.index_params["graph_degree"] == 32
+    assert "itopk_size" in settings.index.milvus.search_params
 
 
 # ---- the Dockerfile --------------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def both_roads(tmp_path: Path) -> Runtime:
 def test_both_roads_one_ranking_over_photos_and_text(library: Path, tmp_path: Path) -> None:
     rt = both_roads(tmp_path)
     assert _index(rt, library).ok
-    assert set(rt.collection.indexes) == {"clip.image", "clip.text", "text.image", "text.text"}
+    assert set(rt.collection.index_keys()) == {"clip.image", "clip.text", "text.image", "text.text"}
     hits = rt.retriever().search("a cat", k=10)
     assert Path(hits[0].path).name == "chelsea.jpg"
     assert {h.modality for h in hits} == {"image", "text"}  # photos and text chunks in one ranking
@@ -185,7 +185,7 @@ def test_both_roads_one_ranking(library: Path, tmp_path: Path) -> None:
     rt = both_roads(tmp_path)
     report = _index(rt, library / "photos")
     assert report.ok
-    assert set(rt.collection.indexes) == {"clip.image", "text.image"}
+    assert set(rt.collection.index_keys()) == {"clip.image", "text.image"}
     hits = rt.retriever().search("a cat", k=20)
     ids = [h.item_id for h in hits]
     assert len(ids) == len(set(ids)) == 7  # each photo once, though found in two spaces

@@ -608,3 +608,34 @@ def test_searches_while_another_thread_adds_stay_consistent(tmp_path: Path) -> N
     assert_finds_itself(index, new_ids[::50], new_vectors[::50])
     saved = VectorIndex.load(tmp_path, SETTINGS)  # the mid-ingest snapshot is a consistent pair
     assert len(saved) == len(saved.ids()) and 300 < len(saved) < 1300
+
+
+@pytest.mark.parametrize("layout", ["flat", "ivf", "hnsw"])
+def test_a_search_among_allowed_ids_returns_k_of_them_on_every_layout(layout: str) -> None:
+    """The IDSelector push-down: flat is exact; IVF probing too few lists retries over every list; HNSW
+    falls back to exact search among the allowed ids when its graph walk misses some, and never returns
+    a removed (hidden) entry."""
+    settings = IndexSettings(ivf_min_items=1000, nprobe=1, ann="ivf" if layout != "hnsw" else "hnsw")
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(4000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(10, 4010, dtype=np.int64)
+    allowed = ids[::400]  # 10 ids, scattered over the lists
+    index = VectorIndex.create(
+        "clip.image",
+        "m",
+        16,
+        settings.model_copy(update={"ivf_min_items": 100_000 if layout == "flat" else 1000}),
+    )
+    index.rebuild(ids, vectors)
+    assert index.manifest.index_type.startswith(layout)
+    if layout == "hnsw":  # removed entries stay in the graph with id -1
+        index.remove(ids[1::400])
+        _, found = index.search(vectors[5], 10, allowed=np.concatenate([allowed, ids[1::400]]))
+        assert sorted(found[0].tolist()) == sorted(allowed.tolist())
+    scores, found = index.search(vectors[5], 10, allowed=allowed)
+    assert sorted(found[0].tolist()) == sorted(allowed.tolist())
+    exact = np.sort(vectors[allowed - 10] @ vectors[5])[::-1]
+    assert np.allclose(scores[0], exact, atol=1e-5)
+    _, fewer = index.search(vectors[5], 3, allowed=np.asarray([12, 13, 999_999]))
+    assert fewer[0].tolist()[:2] in ([12, 13], [13, 12]) and fewer[0][2] == -1

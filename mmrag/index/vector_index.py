@@ -293,11 +293,14 @@ class VectorIndex:
             self._ids = sorted_ids
             self._changed()
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The k best ids per query, best first: (scores float32 (n, k), ids int64 (n, k)).
 
         Slots beyond what the index holds (k > len, or an IVF probe that found fewer) have id -1 and
-        score -inf. A single 1-D query is treated as a batch of one.
+        score -inf. A single 1-D query is treated as a batch of one. `allowed` (ids) restricts the search to
+        those ids inside FAISS (an IDSelector), so k of them come back whenever k are in the index.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise VectorInputError(f"k must be a positive integer; got {k!r}")
@@ -306,18 +309,52 @@ class VectorIndex:
         scores = np.full((len(batch), k), -np.inf, dtype=np.float32)
         labels = np.full((len(batch), k), -1, dtype=np.int64)
         with self._lock:
-            k_found = min(k, self._index.ntotal)
-            if len(batch) == 0 or k_found == 0:
-                return scores, labels
-            searcher = self._searcher(k_found)
-            if _is_hnsw(self._index):
-                found_scores, found_ids = searcher.search(batch, k_found, params=self._hnsw_params())
+            if allowed is not None:
+                found_scores, found_ids = self._search_allowed(batch, k, _as_id_array(allowed))
+                k_found = found_ids.shape[1]
             else:
-                found_scores, found_ids = searcher.search(batch, k_found)
+                k_found = min(k, self._index.ntotal)
+                if len(batch) == 0 or k_found == 0:
+                    return scores, labels
+                searcher = self._searcher(k_found)
+                if _is_hnsw(self._index):
+                    found_scores, found_ids = searcher.search(batch, k_found, params=self._hnsw_params())
+                else:
+                    found_scores, found_ids = searcher.search(batch, k_found)
         scores[:, :k_found] = found_scores
         labels[:, :k_found] = found_ids
         scores[labels < 0] = -np.inf  # faiss marks a missing result with -FLT_MAX
         return scores, labels
+
+    def _search_allowed(
+        self, batch: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Search only `allowed` (on the CPU: GPU indexes take no IDSelector). An IVF probe of nprobe lists
+        may hold fewer than k allowed ids; then every list is probed, which is exact over the allowed ids
+        (the scan tests the selector before computing a distance, so it costs little more than a flat scan
+        of the allowed vectors)."""
+        present = np.unique(allowed)
+        present = present[_contained_in(present, self._ids)]
+        k_found = min(k, present.size)
+        if len(batch) == 0 or k_found == 0:
+            return np.zeros((len(batch), 0), np.float32), np.zeros((len(batch), 0), np.int64)
+        selector = faiss.IDSelectorBatch(present)  # hidden HNSW entries (id -1) are never in it
+        if not isinstance(self._index, faiss.IndexIVF):
+            params = faiss.SearchParametersHNSW() if _is_hnsw(self._index) else faiss.SearchParameters()
+            if _is_hnsw(self._index):
+                params.efSearch = max(self._settings.hnsw_ef_search, k_found)
+            params.sel = selector
+            found_scores, found_ids = self._index.search(batch, k_found, params=params)
+            if (found_ids < 0).any():  # a graph index (HNSW) can lose a very selective filter's items
+                return _exact_among(self._index, batch, k_found, present)
+            return found_scores, found_ids
+        nlist = self._index.nlist
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=choose_nprobe(nlist, self._settings.nprobe))
+        found_scores, found_ids = self._index.search(batch, k_found, params=params)
+        if (found_ids < 0).any() and params.nprobe < nlist:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nlist)
+            found_scores, found_ids = self._index.search(batch, k_found, params=params)
+        return found_scores, found_ids
 
     def ids(self) -> np.ndarray:
         """All ids present, int64, sorted ascending."""
@@ -467,6 +504,16 @@ def _new_ivf(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
         time.perf_counter() - trained,
     )
     return index
+
+
+def _exact_among(
+    index: faiss.Index, batch: np.ndarray, k: int, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search over the vectors of `ids` alone, read back from the index."""
+    vectors = np.vstack([index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+    scores = batch @ vectors.T
+    best = np.argsort(-scores, axis=1)[:, :k]
+    return np.take_along_axis(scores, best, axis=1), ids[best]
 
 
 def _new_hnsw(ids: np.ndarray, vectors: np.ndarray, settings: IndexSettings) -> faiss.Index:
