@@ -286,6 +286,23 @@ def test_markdown_upload_job_query_ask_delete(
     _delete_and_check(client, server, collection, entry["document_id"], target_id)
 
 
+def test_copies_in_also_in_show_public_paths(
+    client: httpx.Client, server: RunningServer, tmp_path: Path
+) -> None:
+    """A hit's other copies (`also_in`) name uploads as its own path does, relative to the data dir."""
+    collection = "copies"
+    pdf = tmp_path / "report.pdf"
+    write_pdf_with_photos(pdf, [["chelsea"]])
+    ingest(client, collection, [("cat.jpg", photo_bytes("chelsea")), (pdf.name, pdf.read_bytes())])
+    hit = _top(image_query(client, collection, photo_bytes("chelsea"), k=3))
+    copies = [hit, *hit["also_in"]]
+    assert {(Path(c["path"]).name, c["page"]) for c in copies} == {("cat.jpg", None), ("report.pdf", 1)}
+    data_dir = str(Path(server.settings.data_dir).resolve())
+    for copy in copies:
+        assert copy["path"].startswith(f"uploads/{collection}/"), copy
+        assert data_dir not in copy["path"]
+
+
 def test_collections_are_isolated(client: httpx.Client) -> None:
     cat, rocket = photo_bytes("chelsea"), photo_bytes("rocket")
     a = ingest(client, "iso-a", [("cat.jpg", cat)])["by_name"]["cat.jpg"]
@@ -367,6 +384,33 @@ def test_every_v1_route_wants_a_valid_key(server: RunningServer) -> None:
         assert "script-src 'self'" in page.headers["content-security-policy"]  # retrieved text never runs
         script = anonymous.get("/ui/app.js")
         assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+
+
+def test_an_authorization_header_must_be_bearer_even_beside_a_valid_key(
+    client: httpx.Client, server: RunningServer
+) -> None:
+    """A malformed Authorization is refused, not ignored because X-API-Key is good (schemathesis found the
+    multipart query answering 200 to one); of two well-formed headers X-API-Key is the one used."""
+    ingest(client, "auth", [("note.md", b"# Note\n\ncats\n")])
+    query = "/v1/collections/auth/query"
+    form = {"text": (None, "1054674281993"), "fusion": (None, "calibrated"), "filters": (None, "{}")}
+    assert client.post(query, files=form).status_code == 200
+    for malformed in ("Basic dXNlcjpwYXNz", KEY, "l}$", "Bearer"):
+        for request in (
+            lambda headers: client.post(query, files=form, headers=headers),
+            lambda headers: client.post(query, json={"text": "cats"}, headers=headers),
+            lambda headers: client.get("/v1/collections", headers=headers),
+        ):
+            response = request({"Authorization": malformed})
+            assert "'Bearer <key>'" in _error(response, 401), malformed
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert KEY not in response.text  # a bare token may be the key: never echoed
+    twice = [("Authorization", f"Bearer {KEY}"), ("Authorization", "Bearer other")]
+    assert "one Authorization header" in _error(client.get("/v1/collections", headers=twice), 401)
+    # well-formed: X-API-Key wins over a wrong bearer; the bearer alone, any case of the scheme, is read
+    assert client.get("/v1/collections", headers={"Authorization": "Bearer wrong-key"}).status_code == 200
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"bearer  {KEY}"}) as bearer:
+        assert bearer.post(query, files=form).status_code == 200
 
 
 def test_corrupt_files_are_reported_in_the_job(client: httpx.Client) -> None:

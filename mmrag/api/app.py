@@ -31,7 +31,8 @@ from mmrag.settings import Settings
 DESCRIPTION = """Index your images, scans, PDFs and text files and search them with text or images.
 
 Every `/v1` call needs an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`) when the server
-has keys configured. A key reaches only its collections: items, documents, jobs, queries and answers of any
+has keys configured. An Authorization header in any other form is refused (401), even beside a valid
+X-API-Key. A key reaches only its collections: items, documents, jobs, queries and answers of any
 other collection answer 404, as if it did not exist. Admin keys also make and revoke keys (`/v1/keys`).
 Errors are JSON: `{"error": code, "message": what is wrong}`.
 """

@@ -10,11 +10,15 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from mmrag.api.errors import ApiError
 from mmrag.api.schemas import COLLECTION_PATTERN
-from mmrag.api.security import API_KEY_HEADER, FULL_ACCESS, KeyScope, presented_key
+from mmrag.api.security import API_KEY_HEADER, FULL_ACCESS, KeyScope, MalformedAuthorization, presented_key
 from mmrag.api.service import CollectionHandle, Service
 
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="An API key")
-_bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="The same API key as a bearer token. An Authorization header must be `Bearer <key>`, "
+    "even beside X-API-Key (401 otherwise); of the two, X-API-Key is used",
+)
 
 
 def get_service(request: Request) -> Service:
@@ -30,14 +34,22 @@ def _not_ready(service: Service) -> ApiError:
 
 
 async def require_api_key(
+    request: Request,
     service: ServiceDep,
     api_key: Annotated[str | None, Security(_api_key_header)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    _bearer_scheme: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> KeyScope:
-    """The scope of the key the request presents: a key of the config, else one made at run time."""
+    """The scope of the key the request presents: a key of the config, else one made at run time. The
+    Authorization header is read raw (HTTPBearer, there to declare the scheme, hides a malformed one)."""
     if not service.keys.enabled:
-        return FULL_ACCESS
-    key = presented_key(api_key, f"Bearer {bearer.credentials}" if bearer else None)
+        return FULL_ACCESS  # no keys configured: no credential is read, whatever its form
+    authorization = request.headers.getlist("authorization")
+    try:
+        if len(authorization) > 1:
+            raise MalformedAuthorization("send one Authorization header, not several")
+        key = presented_key(api_key, authorization[0] if authorization else None)
+    except MalformedAuthorization as exc:
+        raise ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     scope = service.keys.verify(key)
     if scope is None and key:
         if not service.ready.is_set():

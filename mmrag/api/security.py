@@ -2,9 +2,10 @@
 
 Keys come from the config (`api.api_key_hashes`: full access; `api.keys`: scoped to collections) and from
 the database (made at run time by an admin key, POST /v1/keys). A key reaches the service as
-`X-API-Key: <key>` or `Authorization: Bearer <key>`. Keys are random (32 bytes, urlsafe base64), so a plain
-sha256 is enough: there is no password to guess offline, and looking a digest up in the database says
-nothing useful about any key.
+`X-API-Key: <key>` or `Authorization: Bearer <key>`; an Authorization header in any other form is refused,
+even beside a valid X-API-Key. Keys are random (32 bytes, urlsafe base64), so a plain sha256 is enough:
+there is no password to guess offline, and looking a digest up in the database says nothing useful about
+any key.
 
     mmrag key --collection photos       # a new key and its digest (python -m mmrag.api.security: the same)
 """
@@ -91,15 +92,27 @@ class ApiKeyVerifier:
         return found
 
 
+class MalformedAuthorization(ValueError):
+    """An Authorization header that is not `Bearer <key>`."""
+
+
 def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
-    """The key from `X-API-Key`, else from `Authorization: Bearer <key>`."""
-    if x_api_key:
+    """The key from `X-API-Key`, else from `Authorization: Bearer <key>`.
+
+    An Authorization header, when sent, must be `Bearer <key>` (MalformedAuthorization otherwise), even
+    beside an X-API-Key: it is a credential the server cannot read (another scheme, a bare token, a typo), and
+    answering with the other header's key would hide that mistake behind a scope the client may not have
+    meant. Of two well-formed headers, X-API-Key is the one used."""
+    bearer = None
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            # never echoed: a bare token there may well be the key itself
+            raise MalformedAuthorization("the Authorization header must be 'Bearer <key>'")
+        bearer = credentials.strip()
+    if x_api_key and x_api_key.strip():
         return x_api_key.strip()
-    if authorization:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
-    return None
+    return bearer
 
 
 def key_instructions(key: str, digest: str, collections: list[str] | None = None, admin: bool = False) -> str:
