@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
             _step(
                 "start-up: --help, stats, no-change index, first query",
-                lambda: run_startup(work / "startup", runs=1 if args.quick else 3),
+                lambda: run_startup(work / "startup", runs=1 if args.quick else 5),
                 results,
                 "startup",
             )

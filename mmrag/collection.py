@@ -26,9 +26,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mmrag.embed.base import TextEncoder
 from mmrag.errors import MmragError, ModelMismatchError
@@ -41,6 +39,9 @@ from mmrag.store import lexical, pending
 from mmrag.store.db import Database
 from mmrag.store.items import NewItem, pack_vector, unpack_vectors
 from mmrag.store.models import Document, Item
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Collection:
         models = {
             space: (enc.model_id, self._check_space(space, enc)) for space, enc in self.encoders.items()
         }
+        self.store.rebuild_source = self._database_vectors  # a cache's index found unreadable when loaded
         reports = {
             opened.key: RepairReport(opened.key, rebuilt=bool(opened.problem), reason=opened.problem)
             for opened in self.store.open(models)
@@ -217,6 +219,8 @@ class Collection:
 
     def _reconcile(self, key: str, report: RepairReport) -> RepairReport:
         """Make the store's index `key` hold exactly the database's items of that space and modality."""
+        import numpy as np
+
         space, modality = split_key(key)
         db_ids = rows.vector_ids(self.db, self.name, space, modality)
         present = self.store.ids(key)
@@ -231,6 +235,8 @@ class Collection:
         return report
 
     def _upsert_from_db(self, key: str, ids: np.ndarray) -> int:
+        import numpy as np
+
         space, _ = split_key(key)
         found, vectors = rows.vectors(self.db, space, ids, self.dims[space])
         if not found.size:
@@ -252,6 +258,8 @@ class Collection:
     def _drain(self) -> int:
         """Apply what the durable store has not acknowledged: a killed writer's items, failed calls.
         Returns how many operations were applied."""
+        import numpy as np
+
         applied = 0
         while batch := pending.pending(self.db, self.name, _DRAIN_BATCH):
             deletes = np.asarray([i for i, op in batch if op == pending.DELETE], dtype=np.int64)
@@ -280,14 +288,13 @@ class Collection:
 
     def optimise(self) -> list[str]:
         """A cache relayouts indexes whose size calls for it (FAISS: flat <-> IVF at index.ivf_min_items)."""
+        return self.store.optimise(self._database_vectors)
 
-        def source(key: str) -> tuple[np.ndarray, np.ndarray]:
-            space, modality = split_key(key)
-            return rows.vectors(
-                self.db, space, rows.vector_ids(self.db, self.name, space, modality), self.dims[space]
-            )
-
-        return self.store.optimise(source)
+    def _database_vectors(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) the database holds for index `key`: what a cache is rebuilt from."""
+        space, modality = split_key(key)
+        ids = rows.vector_ids(self.db, self.name, space, modality)
+        return rows.vectors(self.db, space, ids, self.dims[space])
 
     def save_if_unlocked(self) -> None:
         """A reader repairs in memory; it saves only when no writer holds the collection (the writer's own
@@ -386,6 +393,8 @@ class Collection:
         items: Sequence[NewItem],
         old_ids: list[int],
     ) -> None:
+        import numpy as np
+
         self.store.delete(np.asarray(old_ids, dtype=np.int64))
         grouped: dict[str, list[tuple[int, np.ndarray, rows.ItemPayload]]] = {}
         for item_id, it in zip(new_ids, items, strict=True):
@@ -440,6 +449,8 @@ class Collection:
         rows.touch_document(self.db, doc_id, mtime)
 
     def delete_documents(self, doc_ids: Iterable[int]) -> int:
+        import numpy as np
+
         ids = list(doc_ids)
         if not ids:
             return 0
@@ -527,6 +538,8 @@ class Collection:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best items of one index; with `filters`, the k best of those it accepts (pushed into the
         store's search: a selective filter still gives k hits when k items match)."""
+        import numpy as np
+
         where = None
         if filters is not None and filters.narrows_items:
             where = Where(filters, lambda: rows.matching_item_ids(self.db, self.name, modality, filters))

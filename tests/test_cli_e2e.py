@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from mmrag.ingest.mupdf import pymupdf
-from tests.conftest import tiny_clip_env
+from tests.conftest import TEST_BACKEND, tiny_clip_env
 from tests.realdata import write_markdown, write_pdf_with_photos, write_photos
 
 pytestmark = pytest.mark.slow
@@ -30,6 +30,23 @@ def mmrag(
     return subprocess.run(
         [sys.executable, "-m", "mmrag", *args], env=env, capture_output=True, text=True, timeout=600
     )
+
+
+def _imports(importtime_log: str) -> list[str]:
+    """Module names from a PYTHONPROFILEIMPORTTIME log, indented as Python nests them (children first)."""
+    return [
+        line.rpartition("|")[2] for line in importtime_log.splitlines() if line.startswith("import time:")
+    ]
+
+
+def _importers(importtime_log: str, module: str) -> list[str]:
+    """`module` and the chain of modules whose import brought it in."""
+    lines = _imports(importtime_log)
+    chain = [module]
+    for line in lines[lines.index(module) + 1 :]:
+        if len(line) - len(line.lstrip()) < len(chain[-1]) - len(chain[-1].lstrip()):
+            chain.append(line)
+    return [name.strip() for name in chain]
 
 
 def stats(data_dir: Path) -> dict:
@@ -117,6 +134,15 @@ def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None
     # unchanged files are skipped
     res = mmrag(data, "index", str(library))
     assert "indexed 0 files" in res.stderr and "6 unchanged" in res.stderr
+    # and neither that (where no failed file is retried) nor stats loads a model, an index or numpy
+    unchanged = mmrag(data, "index", str(library / "notes"), extra_env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert "indexed 0 files" in unchanged.stderr and "1 unchanged" in unchanged.stderr
+    counted = mmrag(data, "stats", extra_env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert counted.returncode == 0, counted.stderr
+    if TEST_BACKEND == "faiss":  # pymilvus brings numpy with it
+        for run in (unchanged, counted):
+            heavy = [line for line in _imports(run.stderr) if line.strip() in {"torch", "faiss", "numpy"}]
+            assert not heavy, " <- ".join(_importers(run.stderr, heavy[0]))
     ids_before = set(_item_ids(data))
 
     # edit one file, delete another, prune

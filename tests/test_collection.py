@@ -132,6 +132,19 @@ def test_torn_index_is_rebuilt_from_the_database(tiny_settings: Settings) -> Non
     db2.close()
 
 
+def test_saved_indexes_load_on_first_use(tiny_settings: Settings) -> None:
+    coll, db = _open(tiny_settings)
+    vectors = _add_docs(coll, 2, 3)
+    coll.save()
+    db.close()
+    coll2, db2 = _open(tiny_settings)
+    assert coll2.store.indexes == {}  # opened from the manifests: counts and models, no vector read
+    assert coll2.store.count("clip.text") == 6 and coll2.describe()["clip.text"].count == 6
+    _, ids = coll2.search("clip", "text", vectors[4], 1)
+    assert set(coll2.store.indexes) == {"clip.text"} and coll2.items_by_id(ids[0])
+    db2.close()
+
+
 def test_opening_with_another_model_is_refused(tiny_settings: Settings) -> None:
     coll, db = _open(tiny_settings)
     _add_docs(coll, 1, 1)

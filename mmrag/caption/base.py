@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from PIL import Image
+if TYPE_CHECKING:
+    from PIL import Image
+
 
 # Asks for what a searcher would type, not for a poem: objects, people, text, setting, style.
 CAPTION_PROMPT = (

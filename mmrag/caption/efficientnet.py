@@ -12,13 +12,15 @@ import sys
 import threading
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
 from mmrag.caption.base import CaptionResult
 from mmrag.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ def preprocess(image: Image.Image) -> np.ndarray:
     Resize-then-crop keeps the aspect ratio; squashing to 224x224 instead turned rocket() into a
     "drilling platform" and page() into a "pill bottle".
     """
+    import numpy as np
+
     rgb = image.convert("RGB")
     width, height = rgb.size
     scale = INPUT_SIZE / min(width, height)
@@ -108,6 +112,7 @@ class EfficientNetLabeler:
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """(n, 1000) float32 softmax probabilities, in the order of `self.labels`."""
+        import numpy as np
         import torch
 
         self.load()
@@ -121,6 +126,8 @@ class EfficientNetLabeler:
 
     def describe(self, probs: np.ndarray) -> str:
         """The caption for one row of probabilities: at most top_k labels at >= min_prob, always >= 1."""
+        import numpy as np
+
         order = np.argsort(probs)[::-1][: self.top_k]
         chosen = [int(i) for i in order if probs[i] >= self.min_prob] or [int(order[0])]
         names = ", ".join(self.labels[i] for i in chosen)

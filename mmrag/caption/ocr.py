@@ -6,13 +6,15 @@ import logging
 import threading
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
 from mmrag.caption.base import OcrLine
 from mmrag.errors import ConfigError, ExtractionError
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class RapidOcrEngine:
 
     def read(self, image: Image.Image) -> list[OcrLine]:
         """Text lines found in the image; box is the axis-aligned bbox of each detected quadrilateral."""
+        import numpy as np
+
         self.load()
         try:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)

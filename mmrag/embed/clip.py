@@ -5,13 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-
-from mmrag.embed.clip_images import ImageBatcher
-from mmrag.embed.clip_text import TextTower, encode_trimmed, text_tower, trimmed_matches_padded
 from mmrag.embed.query_cache import QueryCache
 from mmrag.registry import (
     canonical_clip_id,
@@ -24,6 +19,13 @@ from mmrag.registry import (
 from mmrag.settings import ModelSettings
 from mmrag.threads import usable_cores
 
+if TYPE_CHECKING:  # numpy, PIL and the model code load with the model: `mmrag stats` needs none of them
+    import numpy as np
+    from PIL import Image
+
+    from mmrag.embed.clip_images import ImageBatcher
+    from mmrag.embed.clip_text import TextTower
+
 log = logging.getLogger(__name__)
 
 # How close (per coordinate of the normalised vector) the shortened text run must come to the padded one.
@@ -32,6 +34,8 @@ _TRIM_TOLERANCE_HALF = 5e-3  # fp16 / bf16: the two runs round differently
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -85,6 +89,8 @@ class ClipEmbedder:
             model, preprocess, tokenizer = create_clip(self.spec, device, precision, self._settings.cache_dir)
             import torch
 
+            from mmrag.embed.clip_images import ImageBatcher
+
             with torch.inference_mode():  # the architecture's output width, whatever its config calls it
                 probe = model.encode_text(tokenizer(["a"]).to(device))
             self._dim = int(probe.shape[-1])
@@ -102,6 +108,8 @@ class ClipEmbedder:
     def _check_trim(
         self, model: Any, tokenizer: Any, device: str, precision: str
     ) -> tuple[TextTower | None, str]:
+        from mmrag.embed.clip_text import text_tower, trimmed_matches_padded
+
         if not self._want_trim:
             return None, "off (padded run requested)"
         tolerance = _TRIM_TOLERANCE.get(precision, _TRIM_TOLERANCE_HALF)
@@ -132,6 +140,7 @@ class ClipEmbedder:
         return self._tower is not None
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+
         import torch
 
         self.load()
@@ -144,6 +153,8 @@ class ClipEmbedder:
         return self._finish(out)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         self.load()
         if len(texts) == 1:  # a query: repeated ones skip the tower
             cached = self.query_cache.get(texts[0])
@@ -156,6 +167,8 @@ class ClipEmbedder:
 
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
+
+        from mmrag.embed.clip_text import encode_trimmed
 
         out: list[np.ndarray] = []
         for start in range(0, len(texts), self.batch_size):
@@ -171,6 +184,8 @@ class ClipEmbedder:
         return self._finish(out)
 
     def _finish(self, parts: list[np.ndarray]) -> np.ndarray:
+        import numpy as np
+
         if not parts:
             return np.zeros((0, self._dim), dtype=np.float32)
         return l2_normalise(np.concatenate(parts))

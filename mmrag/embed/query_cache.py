@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class QueryCache:
@@ -14,6 +16,7 @@ class QueryCache:
     no caller can change what another one gets. `capacity` 0 turns it off."""
 
     def __init__(self, capacity: int) -> None:
+
         if capacity < 0:
             raise ValueError(f"query cache capacity must be >= 0, got {capacity}")
         self.capacity = capacity
@@ -33,6 +36,8 @@ class QueryCache:
             return vector.copy()
 
     def put(self, text: str, vector: np.ndarray) -> None:
+        import numpy as np
+
         if self.capacity == 0:
             return
         with self._lock:

@@ -7,12 +7,13 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mmrag.errors import ConfigError
 from mmrag.registry import resolve_device
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ class TextEmbedder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 (n, dim), L2-normalised; inner product is cosine similarity."""
+        import numpy as np
+
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of strings; use encode_query() for one string")
         self.load()

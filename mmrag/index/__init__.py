@@ -3,9 +3,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mmrag.index.base import IndexInfo, VectorStore, Where, index_key, open_store
-from mmrag.index.gpu import gpu_available
-from mmrag.index.vector_index import IndexManifest, VectorIndex, VectorInputError, choose_nlist
+from mmrag.index.manifest import IndexManifest
+
+_FAISS_NAMES = {"VectorIndex", "VectorInputError", "choose_nlist", "gpu_available"}
+
+
+def __getattr__(name: str) -> Any:
+    """The FAISS-backed names import FAISS on first use: commands that read no vector never load it."""
+    if name == "gpu_available":
+        from mmrag.index.gpu import gpu_available
+
+        return gpu_available
+    if name in _FAISS_NAMES:
+        from mmrag.index import vector_index
+
+        return getattr(vector_index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "IndexInfo",

@@ -26,13 +26,14 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmrag.filters import Filters
 from mmrag.settings import Settings
 from mmrag.store.items import ItemPayload
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def index_key(space: str, modality: str) -> str:
@@ -80,8 +81,12 @@ class VectorStore(ABC):
     filters_payload: ClassVar[bool]  # True: filters go in as an expression over stored payloads
 
     def __init__(self, settings: Settings, collection: str) -> None:
+
         self.settings = settings
         self.collection = collection
+        # (ids, vectors) the database holds for an index key, set by the collection: a cache rebuilds an
+        # index from it when the index's file proves unreadable on first use (it loads lazily)
+        self.rebuild_source: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None
 
     @abstractmethod
     def open(self, models: dict[str, tuple[str, int]]) -> list[OpenedIndex]:

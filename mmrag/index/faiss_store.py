@@ -6,6 +6,10 @@ collection does that on open and when another process wrote). Each index is save
 manifest (mmrag.index.vector_index), and `state.json` records the database generation the saved indexes
 hold: an open trusts them when that generation is the database's, and a save never overwrites indexes
 saved at a newer generation by another process.
+
+Saved indexes load on first use: opening reads their manifests only, so a command that needs counts and
+models (`mmrag stats`, an `mmrag index` that finds nothing changed) never imports FAISS. An index whose file
+turns out unreadable then is rebuilt from the database through `rebuild_source`, as at open.
 """
 
 from __future__ import annotations
@@ -15,14 +19,20 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-
-import numpy as np
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmrag.errors import IndexCorruptError
+from mmrag.index import gpu
 from mmrag.index.base import IndexInfo, OpenedIndex, VectorStore, Where, index_key, split_key
-from mmrag.index.vector_index import VectorIndex
+from mmrag.index.manifest import IndexManifest, read_manifest
 from mmrag.settings import Settings
 from mmrag.store.items import ItemPayload
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mmrag.index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +47,8 @@ class Store(VectorStore):
     def __init__(self, settings: Settings, collection: str) -> None:
         super().__init__(settings, collection)
         self.dir = settings.index_dir(collection)
-        self.indexes: dict[str, VectorIndex] = {}
+        self.indexes: dict[str, VectorIndex] = {}  # loaded
+        self._saved: dict[str, tuple[Path, IndexManifest]] = {}  # on disk, not loaded yet
         self._unsaved: set[str] = set()  # keys changed in memory since they were loaded or saved
         self._lock = threading.RLock()
 
@@ -47,73 +58,112 @@ class Store(VectorStore):
             for directory in sorted(p for p in self.dir.glob(f"{space}.*") if p.is_dir()):
                 key = directory.name
                 problem = ""
-                index: VectorIndex | None = None
-                if VectorIndex.exists(directory):
+                if (directory / "manifest.json").exists() or (directory / "index.faiss").exists():
                     try:
-                        index = VectorIndex.load(
-                            directory, self.settings.index, expected_model_id=model_id, expected_dim=dim
-                        )
+                        manifest = read_manifest(directory, expected_model_id=model_id, expected_dim=dim)
                     except IndexCorruptError as exc:
                         log.warning(
                             "index %s is unusable (%s); rebuilding it from the database", directory, exc
                         )
                         problem = str(exc)
-                if index is None:
-                    index = VectorIndex.create(key, model_id, dim, self.settings.index)
-                    self._unsaved.add(key)
-                self.indexes[key] = index
+                    else:
+                        self._saved[key] = (directory, manifest)
+                        opened.append(OpenedIndex(key))
+                        continue
+                self.indexes[key] = _vector_index().create(key, model_id, dim, self.settings.index)
+                self._unsaved.add(key)
                 opened.append(OpenedIndex(key, problem))
         return opened
 
+    def _index(self, key: str) -> VectorIndex | None:
+        """The index `key`, loaded from its files on first use; None when there is none."""
+        with self._lock:
+            index = self.indexes.get(key)
+            if index is not None or key not in self._saved:
+                return index
+            directory, manifest = self._saved.pop(key)
+            vector_index = _vector_index()
+            try:
+                expected = {"expected_model_id": manifest.model_id, "expected_dim": manifest.dim}
+                index = vector_index.load(directory, self.settings.index, **expected)
+            except IndexCorruptError as exc:
+                log.warning("index %s is unusable (%s); rebuilding it from the database", directory, exc)
+                index = vector_index.create(key, manifest.model_id, manifest.dim, self.settings.index)
+                if self.rebuild_source is None:
+                    raise
+                index.rebuild(*self.rebuild_source(key))
+                self._unsaved.add(key)
+            self.indexes[key] = index
+            return index
+
     def index_keys(self) -> list[str]:
-        return sorted(list(self.indexes))  # list() snapshots the keys: a writer thread may add one meanwhile
+        with self._lock:
+            return sorted({*self.indexes, *self._saved})
 
     def ensure(self, key: str, model_id: str, dim: int) -> None:
         with self._lock:
-            if key not in self.indexes:
-                self.indexes[key] = VectorIndex.create(key, model_id, dim, self.settings.index)
+            if key not in self.indexes and key not in self._saved:
+                self.indexes[key] = _vector_index().create(key, model_id, dim, self.settings.index)
                 self._unsaved.add(key)
 
     def upsert(self, key: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[ItemPayload]) -> None:
-        index = self.indexes[key]
+        import numpy as np
+
+        index = self._index(key)
+        assert index is not None, f"ensure({key!r}) comes first"
         ids = np.asarray(ids, dtype=np.int64)
         index.remove(ids)  # an upsert replaces; VectorIndex.add refuses ids it holds
         index.add(ids, vectors)
         self._unsaved.add(key)
 
     def delete(self, ids: np.ndarray) -> None:
+        import numpy as np
+
         if len(ids) == 0:
             return
-        for key, index in list(self.indexes.items()):
-            if index.remove(np.asarray(ids, dtype=np.int64)):
+        for key in self.index_keys():
+            index = self._index(key)
+            if index is not None and index.remove(np.asarray(ids, dtype=np.int64)):
                 self._unsaved.add(key)
 
     def search(
         self, key: str, queries: np.ndarray, k: int, where: Where | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
         queries = np.atleast_2d(queries).astype(np.float32)
-        index = self.indexes.get(key)
+        index = self._index(key)
         if index is None:  # nothing of this modality indexed yet
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         allowed = where.ids() if where is not None and where.filters.narrows_items else None
         return index.search(queries, k, allowed=allowed)
 
     def ids(self, key: str) -> np.ndarray:
-        index = self.indexes.get(key)
+        import numpy as np
+
+        index = self._index(key)
         return index.ids() if index is not None else np.empty(0, np.int64)
 
     def count(self, key: str) -> int:
-        index = self.indexes.get(key)
-        return len(index) if index is not None else 0
+        with self._lock:
+            if key in self._saved:  # the count it was saved with: no need to load it
+                return self._saved[key][1].count
+            index = self.indexes.get(key)
+            return len(index) if index is not None else 0
 
     def describe(self, key: str) -> IndexInfo:
-        manifest = self.indexes[key].manifest
+        with self._lock:
+            if key in self._saved:
+                manifest = self._saved[key][1]
+                device = "gpu" if gpu.use_gpu(self.settings.index) else "cpu"
+            else:
+                manifest, device = self.indexes[key].manifest, self.indexes[key].device
         return IndexInfo(
             count=manifest.count,
             type=manifest.index_type,
             model=manifest.model_id,
             dim=manifest.dim,
-            device=self.indexes[key].device,
+            device=device,
             backend=self.kind,
         )
 
@@ -150,9 +200,11 @@ class Store(VectorStore):
         """Rebuild flat indexes that have grown past `index.ivf_min_items` as IVF (and back when shrunk)."""
         rebuilt = []
         threshold = self.settings.index.ivf_min_items
-        for key, index in list(self.indexes.items()):
-            is_flat = index.manifest.index_type == "flat"
-            if is_flat == (len(index) >= threshold):
+        for key in self.index_keys():
+            is_flat = self.describe(key).type == "flat"  # an index not loaded yet: from its manifest
+            if is_flat == (self.count(key) >= threshold):
+                index = self._index(key)
+                assert index is not None
                 index.rebuild(*rebuild_source(key))
                 rebuilt.append(key)
                 self._unsaved.add(key)
@@ -160,6 +212,12 @@ class Store(VectorStore):
 
     def mark_changed(self, key: str) -> None:
         self._unsaved.add(key)
+
+
+def _vector_index() -> type[VectorIndex]:
+    from mmrag.index.vector_index import VectorIndex  # FAISS loads here, on first use
+
+    return VectorIndex
 
 
 __all__ = ["STATE_FILE", "Store", "index_key", "split_key"]

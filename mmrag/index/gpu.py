@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
-import faiss
-import numpy as np
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
 from mmrag.settings import IndexSettings
+
+if TYPE_CHECKING:
+    import faiss
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def gpu_available() -> bool:
         if _probe_result is None:
             reason = _probe_failure()
             if reason is None:
+                import faiss
+
                 log.info("FAISS GPU available (%d device(s)); searching on GPU 0", faiss.get_num_gpus())
             else:
                 log.info("FAISS GPU unavailable (%s); using CPU", reason)
@@ -48,8 +51,28 @@ def use_gpu(settings: IndexSettings) -> bool:
     return settings.use_gpu != "never" and gpu_available()
 
 
+def _cpu_only_build() -> bool:
+    """faiss-cpu is the only FAISS installed (pip): no GPU to probe, and no need to import FAISS to know it
+    (`mmrag stats` reports devices without loading an index)."""
+
+    def installed(name: str) -> bool:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return False
+        return True
+
+    gpu_wheels = ("faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss")
+    return installed("faiss-cpu") and not any(installed(name) for name in gpu_wheels)
+
+
 def _probe_failure() -> str | None:
     """None when a tiny index can be cloned to GPU 0 and searched there; otherwise why not."""
+    if _cpu_only_build():
+        return "faiss-cpu installed (no GPU build)"
+    import faiss
+    import numpy as np
+
     if not hasattr(faiss, "StandardGpuResources"):
         return "faiss built without GPU support"
     try:
@@ -68,6 +91,8 @@ def _probe_failure() -> str | None:
 def _shared_resources() -> Any:
     # One StandardGpuResources per process: each one reserves scratch memory on the device.
     global _resources
+    import faiss
+
     with _resources_lock:
         if _resources is None:
             _resources = faiss.StandardGpuResources()
@@ -76,4 +101,6 @@ def _shared_resources() -> Any:
 
 def to_gpu(cpu_index: faiss.Index) -> faiss.Index:
     """A GPU copy of `cpu_index` on device 0, for searching only; the CPU index is not changed."""
+    import faiss
+
     return faiss.index_cpu_to_gpu(_shared_resources(), 0, cpu_index)

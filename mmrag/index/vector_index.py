@@ -24,13 +24,11 @@ file so that a pair torn by a kill between the two renames is detected on load.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,16 +36,19 @@ from typing import Any
 import faiss
 import numpy as np
 
-from mmrag.errors import IndexCorruptError, MmragError, ModelMismatchError
+from mmrag.errors import IndexCorruptError, MmragError
 from mmrag.index import gpu
+from mmrag.index.manifest import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    METRIC,
+    IndexManifest,
+    read_manifest,
+)
 from mmrag.settings import IndexSettings
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
-METRIC = "inner_product"
 
 # Rows further than this from unit length are normalised here rather than trusted.
 _NORM_TOLERANCE = 1e-3
@@ -66,43 +67,6 @@ _LIVE_IDS = faiss.IDSelectorRange(0, np.iinfo(np.int64).max)  # HNSW entries of 
 
 class VectorInputError(MmragError, ValueError):
     """Ids or vectors an index cannot take: wrong shape or dimension, NaN/inf, duplicate or negative ids."""
-
-
-@dataclass(kw_only=True)
-class IndexManifest:
-    """What an index file holds and how it was built; written next to it as manifest.json."""
-
-    space: str  # embedding space, e.g. "clip", "text"
-    model_id: str  # e.g. "open_clip:ViT-B-32/laion2b_s34b_b79k"
-    dim: int
-    count: int  # vectors searchable (an HNSW file may also hold removed ones, id -1)
-    index_type: str  # "flat" | "ivf{nlist},flat" | "hnsw{M},flat"
-    metric: str = METRIC
-    index_sha256: str  # of the saved index file; "" for an index never saved or loaded
-    format_version: int = FORMAT_VERSION
-    updated_at: str  # ISO 8601, UTC, of the last change to the contents
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str, source: Path) -> IndexManifest:
-        """Parse a manifest; anything missing or mistyped means the file is corrupt."""
-        try:
-            raw = json.loads(text)
-            if not isinstance(raw, dict):
-                raise TypeError("not a JSON object")
-            manifest = cls(**{field.name: raw[field.name] for field in fields(cls)})
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IndexCorruptError(f"index manifest {source} is unreadable ({exc!r})") from exc
-        for name in ("dim", "count", "format_version"):
-            value = getattr(manifest, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise IndexCorruptError(f"index manifest {source}: {name} must be a non-negative integer")
-        for name in ("space", "model_id", "index_type", "metric", "index_sha256", "updated_at"):
-            if not isinstance(getattr(manifest, name), str):
-                raise IndexCorruptError(f"index manifest {source}: {name} must be a string")
-        return manifest
 
 
 class VectorIndex:
@@ -175,19 +139,8 @@ class VectorIndex:
         then rebuilds from the database). Leftover *.tmp files from an interrupted save are ignored.
         """
         directory = Path(directory)
-        manifest_path = directory / MANIFEST_FILE
+        manifest = read_manifest(directory, expected_model_id=expected_model_id, expected_dim=expected_dim)
         index_path = directory / INDEX_FILE
-        if not manifest_path.is_file():
-            raise IndexCorruptError(f"no index manifest at {manifest_path}")
-        manifest = IndexManifest.from_json(manifest_path.read_text(encoding="utf-8"), manifest_path)
-        if manifest.format_version != FORMAT_VERSION:
-            raise IndexCorruptError(
-                f"index at {directory} has format version {manifest.format_version}; "
-                f"this mmrag reads version {FORMAT_VERSION}"
-            )
-        _check_model(directory, manifest, expected_model_id, expected_dim)
-        if not index_path.is_file():
-            raise IndexCorruptError(f"index file {index_path} is missing (its manifest is there)")
 
         # Hash and parse the same bytes, so what was checked is what gets loaded.
         data = index_path.read_bytes()
@@ -597,21 +550,6 @@ def _stored_ids(index: faiss.Index) -> np.ndarray:
             lists.release_ids(list_no, pointer)
         return np.sort(np.concatenate(parts))
     raise IndexCorruptError(f"unsupported index class {type(index).__name__}")
-
-
-def _check_model(
-    directory: Path, manifest: IndexManifest, expected_model_id: str | None, expected_dim: int | None
-) -> None:
-    model_differs = expected_model_id is not None and expected_model_id != manifest.model_id
-    dim_differs = expected_dim is not None and expected_dim != manifest.dim
-    if model_differs or dim_differs:
-        configured_model = expected_model_id if expected_model_id is not None else manifest.model_id
-        configured_dim = expected_dim if expected_dim is not None else manifest.dim
-        raise ModelMismatchError(
-            f"index at {directory} was built with model {manifest.model_id} (dim {manifest.dim}); "
-            f"the configured model is {configured_model} (dim {configured_dim}). Use the model the "
-            "collection was built with, or index into a new collection/data dir."
-        )
 
 
 # ---- input checks -----------------------------------------------------------------------------------

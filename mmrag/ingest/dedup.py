@@ -21,13 +21,16 @@ README section "Near-duplicate images").
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
-import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FINGERPRINT_VERSION = "v1"
 FINGERPRINT_KEY = "fingerprint"  # where ingest keeps an image item's fingerprint text in its meta
@@ -46,6 +49,8 @@ Key = TypeVar("Key", bound=Hashable)
 
 def _dct_matrix(n: int) -> np.ndarray:
     """Orthonormal DCT-II as a matrix: coefficients = M @ x @ M.T (no scipy needed for a 32x32 block)."""
+    import numpy as np
+
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
     matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
@@ -53,7 +58,9 @@ def _dct_matrix(n: int) -> np.ndarray:
     return matrix
 
 
-_DCT = _dct_matrix(_HASH_GRID)
+@functools.cache
+def _dct() -> np.ndarray:
+    return _dct_matrix(_HASH_GRID)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class Fingerprint:
 
 def fingerprint(image: Image.Image, min_side: int = MIN_SIDE) -> Fingerprint | None:
     """The fingerprint of a decoded image, or None when it is too small to compare safely."""
+    import numpy as np
+
     width, height = image.size
     if min(width, height) < min_side:
         return None
@@ -102,7 +111,8 @@ def fingerprint(image: Image.Image, min_side: int = MIN_SIDE) -> Fingerprint | N
     work = rgb.resize((_WORK_SIDE, _WORK_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
     luma_channel, cb, cr = work.convert("YCbCr").split()
     grid = _resized(luma_channel, _HASH_GRID)
-    coefficients = _DCT @ grid @ _DCT.T
+    dct = _dct()
+    coefficients = dct @ grid @ dct.T
     low = coefficients[:_HASH_BITS_SIDE, :_HASH_BITS_SIDE].ravel()
     bits = np.packbits(low > np.median(low))
     luma = _resized(luma_channel, _LUMA_SIDE)
@@ -127,10 +137,14 @@ def fingerprint_meta(image: Image.Image) -> dict[str, str]:
 def _resized(
     channel: Image.Image, side: int, resample: Image.Resampling = Image.Resampling.LANCZOS
 ) -> np.ndarray:
+    import numpy as np
+
     return np.asarray(channel.resize((side, side), resample), dtype=np.float64)
 
 
 def _to_bytes(values: np.ndarray) -> bytes:
+    import numpy as np
+
     return np.clip(np.rint(values), 0, 255).astype(np.uint8).tobytes()
 
 
@@ -157,12 +171,16 @@ class PairDistance:
     aspect_diff: float
 
     def within(self, rule: DuplicateRule) -> bool:
+        import numpy as np
+
         as_arrays = {name: np.array([value]) for name, value in asdict(self).items()}
         return bool(within_rule(as_arrays, rule)[0])
 
 
 def compare(a: Fingerprint, b: Fingerprint) -> PairDistance:
     """Every distance the rule looks at, for one pair."""
+    import numpy as np
+
     arrays = _FingerprintArrays.of([a, b])
     hamming, rms, corr, chroma, aspect = arrays.distances(np.array([0]), np.array([1]))
     return PairDistance(int(hamming[0]), float(rms[0]), float(corr[0]), float(chroma[0]), float(aspect[0]))
@@ -182,6 +200,8 @@ def is_duplicate(
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    import numpy as np
+
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(np.dot(a, b) / norm) if norm > 0 else 0.0
 
@@ -199,6 +219,8 @@ class _FingerprintArrays:
 
     @classmethod
     def of(cls, prints: Sequence[Fingerprint]) -> _FingerprintArrays:
+        import numpy as np
+
         n = len(prints)
         luma = np.frombuffer(b"".join(p.luma for p in prints), dtype=np.uint8).reshape(n, _LUMA_SIZE)
         luma = luma.astype(np.float32)
@@ -218,6 +240,8 @@ class _FingerprintArrays:
         self, left: np.ndarray, right: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(hamming, luma RMS, luma correlation, chroma max diff, aspect diff) for pairs left[k], right[k]."""
+        import numpy as np
+
         hamming = np.bitwise_count(self.phash[left] ^ self.phash[right])
         centred_l, centred_r = self.luma[left], self.luma[right]
         mean_diff = self.luma_mean[left] - self.luma_mean[right]
@@ -237,6 +261,8 @@ def candidate_pairs(prints: Sequence[Fingerprint], max_hamming: int) -> tuple[np
     XOR and popcount over all pairs: about 30 s for 100,000 images on one core, milliseconds for one new
     image against a collection.
     """
+    import numpy as np
+
     hashes = np.array([p.phash for p in prints], dtype=np.uint64)
     lefts: list[np.ndarray] = [np.zeros(0, dtype=np.intp)]
     rights: list[np.ndarray] = [np.zeros(0, dtype=np.intp)]

@@ -12,13 +12,16 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from mmrag.errors import ExtractionError
 from mmrag.ingest.items import ExtractedItem, Modality, sha256_bytes
 from mmrag.settings import IngestSettings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 WHITE = (255, 255, 255)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -92,6 +95,8 @@ def _is_tiff(source: Path | bytes) -> bool:
 
 
 def _load_tiff(data: bytes, max_pixels: int) -> Image.Image:
+    import numpy as np
+
     try:
         import tifffile
     except ImportError as exc:  # pragma: no cover - a core dependency
@@ -114,6 +119,8 @@ def _load_tiff(data: bytes, max_pixels: int) -> Image.Image:
 
 def _array_to_rgb(pixels: np.ndarray, axes: str) -> Image.Image:
     """A TIFF page's samples (Y, X and maybe S for samples per pixel, in any order) as 8-bit RGB."""
+    import numpy as np
+
     order = [axes.index(a) for a in "YXS" if a in axes]
     pixels = np.transpose(pixels, order + [i for i in range(pixels.ndim) if i not in order])
     while pixels.ndim > 3:  # extra axes (planes, time): the first of each
@@ -237,6 +244,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     """16-bit and 32-bit grey -> 8-bit grey by scaling, not clipping (Pillow's convert("L") clips at 255)."""
+    import numpy as np
+
     values = np.asarray(image, dtype=np.float64)
     if image.mode in _SIXTEEN_BIT_MODES:
         scaled = values / 257.0

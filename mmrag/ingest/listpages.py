@@ -24,8 +24,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mmrag.ingest.mupdf import pymupdf
+if TYPE_CHECKING:  # the search imports this module's keys; PyMuPDF loads only where a PDF is read
+    from mmrag.ingest.mupdf import pymupdf
 
 LIST_PAGE_KEY = "list_page"  # item meta: the page numbers (labels) a list page points to
 PAGE_LABEL_KEY = "page_label"  # item meta: the number printed on the item's page, where one was found

@@ -8,8 +8,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
 from mmrag.caption.base import Captioner, CaptionResult, OcrEngine
@@ -19,6 +19,9 @@ from mmrag.ingest.items import ExtractedItem, Modality
 from mmrag.ingest.text import SPACES_KEY
 from mmrag.store.captions import cached_captions, store_captions
 from mmrag.store.db import Database
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -35,6 +35,9 @@ from mmrag.ingest.dedup import (
 )
 from mmrag.store.db import Database
 from mmrag.store.models import Document, ImageGroup, Item
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class _Known:
     fingerprints of the candidates read so far."""
 
     def __init__(self, rows: Sequence[tuple[int, int, int]]) -> None:
+        import numpy as np
+
         self._ids = np.array([r[0] for r in rows], dtype=np.int64)
         self._hashes = np.array([r[1] % _BITS for r in rows], dtype=np.uint64)
         self._count = len(rows)
@@ -90,10 +95,14 @@ class _Known:
         self.prints: dict[int, Fingerprint] = {}
 
     def near(self, phash: int, max_hamming: int) -> list[int]:
+        import numpy as np
+
         distances = np.bitwise_count(self._hashes[: self._count] ^ np.uint64(phash))
         return [int(i) for i in self._ids[: self._count][distances <= max_hamming] if int(i) in self.group_of]
 
     def add(self, item_id: int, fp: Fingerprint, group_id: int) -> None:
+        import numpy as np
+
         if self._count == len(self._ids):  # grow by doubling: adding n images costs O(n) copies in all
             size = max(16, 2 * self._count)
             self._ids = np.resize(self._ids, size)
@@ -167,6 +176,8 @@ class DuplicateGrouper:
         return assigned
 
     def _choose_group(self, session: Session, known: _Known, item_id: int, fp: Fingerprint) -> int:
+        import numpy as np
+
         best: tuple[float, int] | None = None
         for group_id in sorted({known.group_of[i] for i in known.near(fp.phash, self.rule.max_hamming)}):
             self._refresh(session, known, list(known.members[group_id]))

@@ -7,9 +7,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -18,15 +17,24 @@ from mmrag.store import lexical
 from mmrag.store.db import Database
 from mmrag.store.models import Document, Item, ItemVector
 
-VECTOR_DTYPE = np.float16  # stored precision: halves the database; cosine error ~1e-3
+if TYPE_CHECKING:
+    import numpy as np
+
+VECTOR_DTYPE = (
+    "float16"  # numpy dtype of stored vectors, the precision: halves the database; cosine error ~1e-3
+)
 _IN_CHUNK = 5000  # ids per IN (...) list: SQLite allows 32,766 parameters, PostgreSQL 65,535
 
 
 def pack_vector(vector: np.ndarray) -> bytes:
+    import numpy as np
+
     return np.asarray(vector, dtype=VECTOR_DTYPE).tobytes()
 
 
 def unpack_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    import numpy as np
+
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
     arr = np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), dim).astype(np.float32)
@@ -364,6 +372,8 @@ def matching_document_ids(db: Database, collection: str, filters: Filters) -> li
 
 def matching_item_ids(db: Database, collection: str, modality: str, filters: Filters) -> np.ndarray:
     """Sorted ids of the collection's items of `modality` in the documents `filters` accepts."""
+    import numpy as np
+
     wanted = matching_document_ids(db, collection, filters)
     ids: list[int] = []
     with db.session() as session:
@@ -391,6 +401,8 @@ def vector_modalities(db: Database, collection: str, space: str) -> set[str]:
 
 def vector_ids(db: Database, collection: str, space: str, modality: str) -> np.ndarray:
     """Sorted ids of the items of `modality` with a vector in `space`."""
+    import numpy as np
+
     with db.session() as session:
         rows = session.scalars(
             select(ItemVector.item_id)
@@ -415,6 +427,8 @@ def vector_count(db: Database, collection: str, space: str, modality: str) -> in
 
 def vectors(db: Database, space: str, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids found, their unit vectors) in `space`; ids deleted meanwhile are left out."""
+    import numpy as np
+
     by_id: dict[int, bytes] = {}
     with db.session() as session:
         for part in _chunks(list(ids)):
@@ -452,6 +466,7 @@ def sample_vectors(
     db: Database, collection: str, space: str, dim: int, per_modality: int, rng: random.Random
 ) -> dict[str, np.ndarray]:
     """Up to `per_modality` stored vectors of each modality in one space."""
+
     out: dict[str, np.ndarray] = {}
     for modality in sorted(vector_modalities(db, collection, space)):
         ids = vector_ids(db, collection, space, modality).tolist()
