@@ -30,26 +30,24 @@ _SNIFF_THREADS = 16  # ranged GETs in flight while listing: a bucket of 100k obj
 
 def check_s3_root(url: str, settings: S3Settings) -> None:
     """Fail at once, naming the URL, when it holds no object (a typo, a missing bucket, no access)."""
-    parsed = S3Url.parse(url)
     client = s3_client(settings)
+    parsed = _as_root(client, S3Url.parse(url))
     try:
         listed = client.list_objects_v2(Bucket=parsed.bucket, Prefix=parsed.key, MaxKeys=1)
     except Exception as exc:
         raise ExtractionError(str(s3_error(exc, "list", url))) from exc
     if not listed.get("KeyCount"):
-        raise ExtractionError(f"no objects under {url}")
+        raise ExtractionError(f"no objects under {parsed}")
 
 
 def discover_s3(url: str, ingest: IngestSettings, settings: S3Settings) -> Iterator[Any]:
     """SourceFile or FileOutcome (skipped: unsupported or failed) for every object under `url`."""
     from mmrag.ingest.stages import FileOutcome, SourceFile
 
-    parsed = S3Url.parse(url)
     client = s3_client(settings)
+    parsed = _as_root(client, S3Url.parse(url))
     limits = {FileKind.TEXT: ingest.max_text_bytes}
     objects = [obj for obj in iter_s3_objects(client, parsed) if _wanted(obj["Key"], parsed.key)]
-    if any(obj["Key"] == parsed.key for obj in objects):  # the URL names one object, not a folder
-        objects = [obj for obj in objects if obj["Key"] == parsed.key]
     with ThreadPoolExecutor(_SNIFF_THREADS, thread_name_prefix="mmrag-s3-sniff") as pool:
         heads = pool.map(lambda obj: _head(client, parsed.bucket, obj), objects)
         for obj, head in zip(objects, heads, strict=True):
@@ -66,6 +64,18 @@ def discover_s3(url: str, ingest: IngestSettings, settings: S3Settings) -> Itera
                     size=int(obj["Size"]),
                     mtime=float(obj["LastModified"].timestamp()),
                 )
+
+
+def _as_root(client: Any, url: S3Url) -> S3Url:
+    """s3://b/x is the object x when there is one, else the folder x/ (never the prefix "x", which would also
+    take in x2/...)."""
+    if not url.key or url.key.endswith("/"):
+        return url
+    try:
+        client.head_object(Bucket=url.bucket, Key=url.key)
+        return url
+    except Exception:
+        return S3Url(url.bucket, url.key + "/")
 
 
 def _wanted(key: str, prefix: str) -> bool:

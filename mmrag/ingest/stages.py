@@ -360,10 +360,7 @@ def to_new_item(it: PendingItem) -> NewItem:
 
 def prune(collection: Collection, roots: Sequence[Path | str], seen: set[str]) -> int:
     """Remove documents under the given roots whose files were not found in this walk."""
-    prefixes = [
-        str(root).rstrip("/") + "/" if is_s3_url(root) else printable_path(Path(root).resolve())
-        for root in roots
-    ]
+    prefixes = [str(root) if is_s3_url(root) else printable_path(Path(root).resolve()) for root in roots]
     gone = [
         doc.id
         for doc in collection.documents()
@@ -374,5 +371,5 @@ def prune(collection: Collection, roots: Sequence[Path | str], seen: set[str]) -
 
 def _is_under(path: str, root: str) -> bool:
     if is_s3_url(root):
-        return path.startswith(root)
+        return path == root or path.startswith(root.rstrip("/") + "/")
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
