@@ -13,6 +13,8 @@ cheap to make and holds no state beyond its client.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import threading
 import uuid
@@ -45,8 +47,8 @@ class BlobStore(Protocol):
     description: str  # where the blobs live, for messages
 
     def put(self, key: str, data: bytes) -> None: ...
-    def put_file(self, key: str, source: Path) -> None:
-        """Copy a local file in (streamed: an upload may be large)."""
+    def put_file(self, key: str, source: Path, move: bool = False) -> None:
+        """Copy a local file in (streamed: an upload may be large); `move`: the source goes."""
 
     def get(self, key: str) -> bytes:
         """The blob's bytes; BlobNotFound when there is none."""
@@ -83,11 +85,18 @@ class FolderBlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def put_file(self, key: str, source: Path) -> None:
+    def put_file(self, key: str, source: Path, move: bool = False) -> None:
         target = self.path(key)
         if source.resolve() == target.resolve():
             return
         target.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            try:
+                os.replace(source, target)  # same file system: a rename
+                return
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             with open(source, "rb") as reader, open(tmp, "wb") as writer:
@@ -96,6 +105,8 @@ class FolderBlobStore:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+        if move:
+            source.unlink(missing_ok=True)
 
     def get(self, key: str) -> bytes:
         try:
@@ -113,7 +124,11 @@ class FolderBlobStore:
             self.put(key, make())
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its folder goes with its last blob (not the store's root)
+            if path.parent != self.root:
+                path.parent.rmdir()
 
     def location(self, key: str) -> str:
         return str(self.path(key))
@@ -204,11 +219,13 @@ class S3BlobStore:
         except Exception as exc:
             raise s3_error(exc, "write", self.location(key)) from exc
 
-    def put_file(self, key: str, source: Path) -> None:
+    def put_file(self, key: str, source: Path, move: bool = False) -> None:
         try:
             self.client.upload_file(str(source), self.bucket, self.object_key(key))
         except Exception as exc:
             raise s3_error(exc, "upload to", self.location(key)) from exc
+        if move:
+            source.unlink(missing_ok=True)
 
     def get(self, key: str) -> bytes:
         try:
@@ -274,3 +291,13 @@ def iter_s3_objects(client: Any, url: S3Url) -> Iterator[dict[str, Any]]:
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=url.bucket, Prefix=url.key):
         yield from page.get("Contents", [])
+
+
+def read_s3_object(url: str, settings: Settings) -> bytes:
+    """The bytes of any object the deployment's S3 service holds (an s3:// input folder's file)."""
+    parsed = S3Url.parse(url)
+    try:
+        reply = s3_client(settings.blobs.s3).get_object(Bucket=parsed.bucket, Key=parsed.key)
+        return bytes(reply["Body"].read())
+    except Exception as exc:
+        raise s3_error(exc, "read", url) from exc

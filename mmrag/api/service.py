@@ -26,6 +26,7 @@ from sqlalchemy import exists, select, union
 
 from mmrag.api.metrics import Metrics
 from mmrag.api.security import ApiKeyVerifier
+from mmrag.blobs import key_of_location, open_blob_store
 from mmrag.caption.base import Captioner, OcrEngine
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
@@ -99,6 +100,7 @@ class Service:
         self.text: TextEncoder | None = None
         self.captioner: Captioner | None = None
         self.ocr: OcrEngine | None = None
+        self.blobs = open_blob_store(settings)  # thumbnails and uploads, shared by every replica
         self.ready = threading.Event()
         self.load_error: str | None = None
         self._handles: dict[str, CollectionHandle] = {}
@@ -167,7 +169,8 @@ class Service:
         data_dir = str(self.settings.data_dir.resolve())
         if path.startswith(data_dir + os.sep):
             return path[len(data_dir) + 1 :]
-        return path
+        key = key_of_location(self.blobs, path) if path.startswith("s3://") else None
+        return key if key is not None and key.startswith("uploads/") else path
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (models, FAISS, database, files) on the pool, off the event loop."""

@@ -13,6 +13,7 @@ from mmrag.api.deps import ServiceDep
 from mmrag.api.errors import ApiError, documented
 from mmrag.api.schemas import ItemOut
 from mmrag.api.service import Service
+from mmrag.blobs import BlobError, BlobNotFound, is_s3_url, key_of_location, read_s3_object
 from mmrag.ingest.images import thumbnail_format
 from mmrag.ingest.mupdf import pymupdf
 from mmrag.store.models import Document, Item
@@ -96,32 +97,58 @@ def _picture(service: Service, item_id: int, variant: str) -> Response:
     if variant == "thumbnail":
         if not item.thumbnail:
             raise ApiError(404, "not_found", f"item {item_id} has no thumbnail")
-        data_dir = service.settings.data_dir.resolve()
-        path = (data_dir / item.thumbnail).resolve()
-        if not path.is_relative_to(data_dir) or not path.is_file():
-            raise ApiError(404, "not_found", f"the thumbnail of item {item_id} is missing")
-        return FileResponse(path, media_type=f"image/{thumbnail_format()}")
-    source = Path(doc.path)
-    if not source.is_file():
-        raise ApiError(
-            404, "not_found", f"the source file of item {item_id} is gone: {service.public_path(doc.path)}"
-        )
+        try:  # from the blob store every replica shares: any replica serves any item's thumbnail
+            data = service.blobs.get(item.thumbnail)
+        except (BlobNotFound, ValueError):
+            raise ApiError(404, "not_found", f"the thumbnail of item {item_id} is missing") from None
+        return Response(data, media_type=f"image/{thumbnail_format()}")
+    source = _source(service, item_id, doc)
     if doc.kind == "image":
-        with open(source, "rb") as handle:
-            head = handle.read(16)
+        head = source[:16] if isinstance(source, bytes) else _head(source)
         media = next((mime for magic, mime in _IMAGE_MAGIC if head.startswith(magic)), None)
         if media is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
             media = "image/webp"
+        if isinstance(source, bytes):
+            return Response(source, media_type=media or "application/octet-stream")
         return FileResponse(source, media_type=media or "application/octet-stream")
     if doc.kind == "pdf" and item.page:
         return Response(_pdf_region(source, item.page, item.bbox), media_type="image/png")
     raise ApiError(404, "not_found", f"item {item_id} has no original picture")
 
 
-def _pdf_region(path: Path, page_number: int, bbox: list[float] | None) -> bytes:
+def _source(service: Service, item_id: int, doc: Document) -> Path | bytes:
+    """The item's source file: a local path, or the bytes of an S3 object (an s3:// input or an upload in
+    an S3 blob store)."""
+    if is_s3_url(doc.path):
+        try:
+            key = key_of_location(service.blobs, doc.path)
+            return service.blobs.get(key) if key is not None else read_s3_object(doc.path, service.settings)
+        except BlobError:
+            pass
+    else:
+        source = Path(doc.fs_path)
+        if source.is_file():
+            return source
+    raise ApiError(
+        404, "not_found", f"the source file of item {item_id} is gone: {service.public_path(doc.path)}"
+    )
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(16)
+
+
+def _open_pdf(source: Path | bytes) -> pymupdf.Document:
+    if isinstance(source, bytes):
+        return pymupdf.open(stream=source, filetype="pdf")
+    return pymupdf.open(source, filetype="pdf")
+
+
+def _pdf_region(source: Path | bytes, page_number: int, bbox: list[float] | None) -> bytes:
     """The item's region of its page (the whole page for a rendered page), rendered as PNG."""
     try:
-        with pymupdf.open(path, filetype="pdf") as doc:
+        with _open_pdf(source) as doc:
             page = doc[page_number - 1]
             clip = pymupdf.Rect(bbox) & page.rect if bbox else page.rect
             if clip.is_empty:
@@ -176,13 +203,9 @@ def _page(service: Service, item_id: int, dpi: int) -> Response:
     item, doc = _load(service, item_id)
     if doc.kind != "pdf" or not item.page:
         raise ApiError(404, "not_found", f"item {item_id} is not on a PDF page")
-    source = Path(doc.path)
-    if not source.is_file():
-        raise ApiError(
-            404, "not_found", f"the source file of item {item_id} is gone: {service.public_path(doc.path)}"
-        )
+    source = _source(service, item_id, doc)
     try:
-        with pymupdf.open(source, filetype="pdf") as pdf:
+        with _open_pdf(source) as pdf:
             page = pdf[item.page - 1]
             rect = page.rect
             zoom = min(dpi / 72, (_MAX_PAGE_PIXELS / max(rect.width * rect.height, 1.0)) ** 0.5)
