@@ -550,8 +550,11 @@ def serve(
         check_can_serve(settings)  # a second writer of a single-writer vector store is refused here
     except MmragError as exc:
         raise _fail(exc) from None
-    if not settings.api.api_key_hashes:
-        err.print("[yellow]no API keys configured (api.api_key_hashes):[/] every client is let in")
+    if not settings.api.authentication:
+        err.print(
+            "[yellow]no API keys configured (api.api_key_hashes, api.keys):[/] every client is let in; "
+            "`mmrag key` makes one"
+        )
     host, port = host or settings.api.host, port or settings.api.port
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     url = escape(f"http://{shown}:{port}/")
@@ -563,6 +566,34 @@ def serve(
         log_level="info",
         timeout_graceful_shutdown=30,
     )
+
+
+@app.command()
+def key(
+    collections: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--collection",
+            help="Scope the key to this collection (repeatable; '*' = every collection). None: full access.",
+        ),
+    ] = None,
+    admin: Annotated[bool, typer.Option(help="A scoped key that may also make and revoke keys.")] = False,
+) -> None:
+    """Print a new API key, its sha256 digest, and the setting that makes the server accept it."""
+    from pydantic import ValidationError
+
+    from mmrag.api.security import key_instructions, new_api_key
+    from mmrag.settings import ApiKeySettings
+
+    key_value, digest = new_api_key()
+    if collections:
+        try:
+            ApiKeySettings(sha256=digest, collections=collections, admin=admin)
+        except ValidationError as exc:
+            raise _fail(MmragError("; ".join(e["msg"] for e in exc.errors()))) from None
+    elif admin:
+        err.print("[yellow]--admin without --collection:[/] a key in api.api_key_hashes is an admin anyway")
+    out.print(key_instructions(key_value, digest, collections, admin), markup=False, highlight=False)
 
 
 def run() -> None:  # pragma: no cover - console entry

@@ -399,73 +399,58 @@ class Collection:
     ) -> int:
         """Store a document and its items in one transaction (replacing an older version), then index them.
         `path` is printable; `path_bytes` the file system's name where that had to escape bytes."""
+        # one at a time with this process's refreshes, which must not see the commit before the index has it
         with self._sync:
-            doc_id, generation = self._store_document(
-                path, path_bytes, kind, content_hash, size, mtime, items, meta
-            )
+            with self.db.session() as session:
+                doc = session.scalar(
+                    select(Document).where(Document.collection == self.name, Document.path == path)
+                )
+                old_ids = self._item_ids(session, doc.id) if doc is not None else []
+                if doc is None:
+                    doc = Document(collection=self.name, path=path)
+                    session.add(doc)
+                elif old_ids:
+                    session.execute(delete(Item).where(Item.document_id == doc.id))
+                doc.kind, doc.content_hash, doc.size, doc.mtime = kind, content_hash, size, mtime
+                doc.status, doc.error, doc.meta, doc.path_bytes = "indexed", None, meta or {}, path_bytes
+                session.flush()
+                rows = [
+                    Item(
+                        document_id=doc.id,
+                        collection=self.name,
+                        modality=it.modality,
+                        page=it.page,
+                        bbox=it.bbox,
+                        text=it.text,
+                        thumbnail=it.thumbnail,
+                        content_hash=it.content_hash,
+                        meta=it.meta,
+                    )
+                    for it in items
+                ]
+                session.add_all(rows)
+                session.flush()
+                for row, it in zip(rows, items, strict=True):
+                    session.add_all(
+                        ItemVector(item_id=row.id, space=space, vector=pack_vector(vec))
+                        for space, vec in it.vectors.items()
+                        if space in self.encoders
+                    )
+                new_ids = [row.id for row in rows]
+                doc_id = doc.id
+                generation = self._bump_generation(session)
+            self._unindex(old_ids)
+            grouped: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
+            for item_id, it in zip(new_ids, items, strict=True):
+                for space, vec in it.vectors.items():
+                    if space in self.encoders:
+                        grouped.setdefault((space, it.modality), []).append((item_id, vec))
+            for (space, modality), pairs in grouped.items():
+                ids = np.asarray([p[0] for p in pairs], dtype=np.int64)
+                self._index_for(space, modality).add(ids, np.stack([p[1] for p in pairs]))
+                self._unsaved.add(index_key(space, modality))
             self._applied(generation)
         return doc_id
-
-    def _store_document(
-        self,
-        path: str,
-        path_bytes: bytes | None,
-        kind: str,
-        content_hash: str,
-        size: int,
-        mtime: float,
-        items: Sequence[NewItem],
-        meta: dict[str, Any] | None,
-    ) -> tuple[int, int]:
-        with self.db.session() as session:
-            doc = session.scalar(
-                select(Document).where(Document.collection == self.name, Document.path == path)
-            )
-            old_ids = self._item_ids(session, doc.id) if doc is not None else []
-            if doc is None:
-                doc = Document(collection=self.name, path=path)
-                session.add(doc)
-            elif old_ids:
-                session.execute(delete(Item).where(Item.document_id == doc.id))
-            doc.kind, doc.content_hash, doc.size, doc.mtime = kind, content_hash, size, mtime
-            doc.status, doc.error, doc.meta, doc.path_bytes = "indexed", None, meta or {}, path_bytes
-            session.flush()
-            rows = [
-                Item(
-                    document_id=doc.id,
-                    collection=self.name,
-                    modality=it.modality,
-                    page=it.page,
-                    bbox=it.bbox,
-                    text=it.text,
-                    thumbnail=it.thumbnail,
-                    content_hash=it.content_hash,
-                    meta=it.meta,
-                )
-                for it in items
-            ]
-            session.add_all(rows)
-            session.flush()
-            for row, it in zip(rows, items, strict=True):
-                session.add_all(
-                    ItemVector(item_id=row.id, space=space, vector=pack_vector(vec))
-                    for space, vec in it.vectors.items()
-                    if space in self.encoders
-                )
-            new_ids = [row.id for row in rows]
-            doc_id = doc.id
-            generation = self._bump_generation(session)
-        self._unindex(old_ids)
-        grouped: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
-        for item_id, it in zip(new_ids, items, strict=True):
-            for space, vec in it.vectors.items():
-                if space in self.encoders:
-                    grouped.setdefault((space, it.modality), []).append((item_id, vec))
-        for (space, modality), pairs in grouped.items():
-            ids = np.asarray([p[0] for p in pairs], dtype=np.int64)
-            self._index_for(space, modality).add(ids, np.stack([p[1] for p in pairs]))
-            self._unsaved.add(index_key(space, modality))
-        return doc_id, generation
 
     def record_failure(
         self,

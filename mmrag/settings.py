@@ -7,6 +7,7 @@ by --config or MMRAG_CONFIG, the defaults below. configs/default.yaml spells the
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -214,18 +215,62 @@ class BlobSettings(_Section):
         return url
 
 
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_KEY_HELP = "`mmrag key` prints a new key and its hash"
+
+
+def sha256_hex_digest(value: str) -> str:
+    """A key's sha256 hex digest, normalised ("SHA256:ABC..." -> "abc..."); ValueError for anything else."""
+    digest = value.strip().lower().removeprefix("sha256:")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(
+            f"API keys are configured by their sha256 hex digests (64 hex digits), not the keys themselves; "
+            f"{_KEY_HELP}"
+        )
+    return digest
+
+
+class ApiKeySettings(_Section):
+    """One accepted API key, by its digest, and what it may reach."""
+
+    sha256: str  # hex digest of the key
+    # Collections the key may read and write (and create); "*" = every collection.
+    collections: list[str] = Field(min_length=1)
+    admin: bool = (
+        False  # may also create and revoke keys (POST /v1/keys), ingest server folders, see everything
+    )
+    name: str = Field("", max_length=64)  # a label for the operator
+
+    @field_validator("sha256")
+    @classmethod
+    def _is_sha256_hex(cls, value: str) -> str:
+        return sha256_hex_digest(value)
+
+    @field_validator("collections")
+    @classmethod
+    def _are_collection_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name != "*" and not re.fullmatch(COLLECTION_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a collection name (or '*' for every collection)")
+        return names
+
+
 class ApiSettings(_Section):
     """The REST service (`mmrag serve`): where it listens, who may call it, and how much it accepts."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    # sha256 hex digests of the accepted API keys (`python -m mmrag.api.security` makes a key and its
-    # hash): the config never holds a key itself. Empty = no authentication (local use only).
+    # sha256 hex digests of keys with full access (every collection, admin). The config never holds a key
+    # itself (`mmrag key` makes one). No key here nor in `keys` = no authentication (local use only).
     api_key_hashes: list[str] = Field(default_factory=list)
+    # Keys scoped to collections: [{sha256: ..., collections: [photos], admin: false}]. Admin keys can also
+    # make keys at run time (POST /v1/keys), which are kept in the database.
+    keys: list[ApiKeySettings] = Field(default_factory=list)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)  # per request body, enforced while it streams
     max_files_per_request: int = Field(32, ge=1, le=10_000)
     max_pdf_pages_per_request: int = Field(2000, ge=1)
     # Server-side folder ingest (POST /v1/collections/{c}/folders) only under these folders; empty = off.
+    # Originals (GET /v1/items/{id}/image?variant=original) are served only from here and the data dir.
     allowed_roots: list[Path] = Field(default_factory=list)
     workers: int = Field(4, ge=1, le=256)  # threads for model inference and FAISS searches
     preload_models: bool = False  # load model weights at start (deployments) rather than on first use
@@ -241,14 +286,17 @@ class ApiSettings(_Section):
     @field_validator("api_key_hashes")
     @classmethod
     def _hashes_are_sha256_hex(cls, hashes: list[str]) -> list[str]:
-        normalised = [h.strip().lower().removeprefix("sha256:") for h in hashes]
-        for h in normalised:
-            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
-                raise ValueError(
-                    "api.api_key_hashes holds sha256 hex digests of the keys (64 hex digits), not the keys "
-                    "themselves; `python -m mmrag.api.security` prints a new key and its hash"
-                )
-        return normalised
+        try:
+            return [sha256_hex_digest(h) for h in hashes]
+        except ValueError:
+            raise ValueError(
+                f"api.api_key_hashes holds sha256 hex digests of the keys; {_KEY_HELP}"
+            ) from None
+
+    @property
+    def authentication(self) -> bool:
+        """Keys are checked when the config names at least one; keys made at run time need an admin key."""
+        return bool(self.api_key_hashes or self.keys)
 
 
 class Settings(BaseSettings):
@@ -258,7 +306,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None  # None: SQLite in data_dir; any SQLAlchemy URL otherwise
-    collection: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    collection: str = Field("default", pattern=COLLECTION_NAME_PATTERN)
     models: ModelSettings = Field(default_factory=ModelSettings)
     spaces: SpacesSettings = Field(default_factory=SpacesSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)

@@ -317,6 +317,9 @@ def test_every_v1_route_wants_a_valid_key(server: RunningServer) -> None:
         ("GET", "/v1/items/1"),
         ("GET", "/v1/items/1/image"),
         ("GET", "/v1/items/1/page"),
+        ("POST", "/v1/keys"),
+        ("GET", "/v1/keys"),
+        ("DELETE", "/v1/keys/" + "0" * 32),
     ]
     documented = {
         (method.upper(), path)
@@ -407,7 +410,14 @@ def test_bad_requests_get_4xx_json_naming_the_problem(client: httpx.Client) -> N
     assert "k" in _error(client.post(q, json={"text": "x", "k": 0}), 422)
     assert "base64" in _error(client.post(q, json={"image_base64": "%%%"}), 422)
     not_an_image = base64.b64encode(b"hello, not pixels").decode()
-    assert "image" in _error(client.post(q, json={"image_base64": not_an_image}), 422)
+    assert "not an image" in _error(client.post(q, json={"image_base64": not_an_image}), 415)  # as uploads
+    truncated = base64.b64encode(photo_bytes("coffee")[:4000]).decode()
+    assert "truncated" in _error(client.post(q, json={"image_base64": truncated}), 422)
+    assert "'stream' must be true or false" in _error(
+        client.post("/v1/collections/default/ask", files={"question": (None, "x"), "stream": (None, "yes")}),
+        422,
+    )
+    assert "integer" in _error(client.post(q, json={"text": "x", "k": True}), 422)  # true is not 1
     assert "empty body" in _error(
         client.post(q, content=b"", headers={"content-type": "application/json"}), 422
     )

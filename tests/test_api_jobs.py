@@ -58,11 +58,13 @@ def test_a_running_job_shows_the_files_done_so_far(tmp_path: Path, monkeypatch: 
     """The job row is rewritten as files finish (the web page's per-file progress), not only at the end."""
     monkeypatch.setattr(jobs, "_REPORT_EVERY_S", 0.0)  # every file, not at most once a second
     progress: list[list[tuple[str, str]]] = []
+    embedded: list[int] = []
     update = JobStore.update
 
     def recording_update(self: JobStore, job_id: str, **fields: object) -> None:
         if "files" in fields and "status" not in fields:  # a progress report, not the job's end
             progress.append([(f["name"], f["status"]) for f in fields["files"]])  # type: ignore[attr-defined]
+            embedded.append(fields["counts"]["items_embedded"])  # type: ignore[index]
         update(self, job_id, **fields)
 
     monkeypatch.setattr(JobStore, "update", recording_update)
@@ -79,9 +81,11 @@ def test_a_running_job_shows_the_files_done_so_far(tmp_path: Path, monkeypatch: 
         ("coins.jpg", "indexed"),
         ("moon.jpg", "indexed"),
     ]
-    # one report per file (batch_size 1 commits them one by one), each the one before plus a file
-    assert [len(p) for p in progress] == [1, 2, 3, 4]
+    # reports as items are embedded and as files finish (batch_size 1 commits them one by one): each holds
+    # the files of the one before, the file count grows one at a time, items embedded never go back
     assert all(later[: len(earlier)] == earlier for earlier, later in itertools.pairwise(progress))
+    assert {len(p) for p in progress} - {0} == {1, 2, 3, 4}
+    assert embedded == sorted(embedded) and embedded[-1] == 3  # three images have vectors; bad.jpg none
     assert progress[-1] == final
 
 

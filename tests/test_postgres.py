@@ -100,9 +100,7 @@ def test_migrations_build_the_schema_from_an_empty_database_and_downgrade_cleanl
     from alembic import command
     from alembic.config import Config
 
-    from mmrag.store.db import MIGRATIONS_DIR
-
-    from mmrag.store.db import head_revision, schema_is_current
+    from mmrag.store.db import MIGRATIONS_DIR, head_revision, schema_is_current
 
     db = Database(db_url)
     assert _scalar(db_url, "select version_num from alembic_version") == _head_revision() == head_revision()

@@ -1,12 +1,14 @@
 """One JSON shape for every error: {"error": code, "message": words, "details": [...]?}.
 
 Client mistakes are 4xx with a message naming the problem; a 500 means a bug in the service, and its body
-says only that (the traceback goes to the log).
+says only that (the traceback goes to the log). No message shows a path under the server's data dir: the
+service rewrites them relative to it (an upload's MuPDF error names the file it was reading).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -97,20 +99,43 @@ def _status_of(exc: MmragError) -> tuple[int, str]:
     return 400, "bad_request"
 
 
+def _redact(request: Request, message: str) -> str:
+    service = getattr(request.app.state, "service", None)
+    return service.redact(message) if service is not None else message
+
+
+_OPERATIONS = frozenset({"get", "put", "post", "delete", "patch", "options", "head", "trace"})
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the schema documents for this path: Starlette's 405 names only the first route's,
+    though one path may be served by several routes (GET and POST /v1/keys)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations if method in _OPERATIONS}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return ", ".join(sorted(methods)) or None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+        return error_response(exc.status, exc.code, _redact(request, exc.message), exc.details, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, code, message, headers=exc.headers)
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        return error_response(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,7 +145,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MmragError)
     async def _mmrag_error(request: Request, exc: MmragError) -> JSONResponse:
         status, code = _status_of(exc)
-        return error_response(status, code, str(exc))
+        return error_response(status, code, _redact(request, str(exc)))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -5,10 +5,11 @@ its lease runs out another replica takes the job over and runs it again (files a
 unchanged: nothing is indexed twice). The job runs the same runner the CLI uses: in this process, or on the
 Ray cluster (ingest.runner=ray, for jobs of api.ray_min_files files or more, and folders).
 
-A job's status, counts and per-file outcomes (with the reason of every failure) are written back to its
-row as files finish (the web page shows per-file progress from them) and when it ends, so they survive a
-restart. A job stays `queued` until its runner starts (it may wait for another writer's lock). One job per
-collection runs at a time, across replicas; queries keep running on the service's pool meanwhile.
+A job's status, counts and per-file outcomes (with the reason of every failure, paths under the data dir
+made relative to it) are written back to its row as files finish (the web page shows per-file progress from
+them) and when it ends, so they survive a restart. A job stays `queued` until its runner starts (it may wait
+for another writer's lock). One job per collection runs at a time, across replicas; queries keep running on
+the service's pool meanwhile.
 """
 
 from __future__ import annotations
@@ -324,7 +325,7 @@ class IngestWorker:
                 "name": names.get(o.path) or self.service.public_path(o.path),
                 "status": o.status,
                 "items": o.items,
-                "reason": o.reason,
+                "reason": self.service.redact(o.reason) if o.reason else o.reason,
                 "document_id": doc_ids.get(o.path),
             }
             for o in outcomes
@@ -333,6 +334,7 @@ class IngestWorker:
     def _failed(self, job_id: str, error: str, progress: _JobProgress) -> None:
         job = self.store.get(job_id)
         files = self._file_reports(job, progress.outcomes) if job is not None else []
+        error = self.service.redact(error)  # reasons and errors are stored without the server's paths
         if self.queue.release(job_id, status="failed", error=error, files=files, finished_at=utcnow()):
             self.service.metrics.jobs.labels(status="failed").inc()
 

@@ -8,14 +8,18 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
-COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+from mmrag.settings import COLLECTION_NAME_PATTERN as COLLECTION_PATTERN  # noqa: F401 - for the routes
+
 MAX_QUERY_TEXT = 4000
 MAX_METADATA_KEYS = 32
 
@@ -31,6 +35,19 @@ ModalityName = Literal["text", "image", "page"]
 FusionName = Literal["calibrated", "rrf", "raw"]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | int | float | bool
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 6 and 6.0, but not true or "6" (which pydantic would take for 1 and 6)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+# The request bodies' types accept what their JSON schema allows, no more: an integer (6 or 6.0), a boolean
+# (true, not "yes" or 1).
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+JsonBool = Annotated[bool, Strict()]
 
 
 class _Strict(BaseModel):
@@ -65,8 +82,25 @@ class FolderIngestRequest(UploadOptions):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"path": "/srv/scans/2024", "prune": True}]}
     )
-    path: str = Field(min_length=1, max_length=4096, description="A folder under one of api.allowed_roots")
-    prune: bool = Field(False, description="Also remove documents of files that disappeared under the folder")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="An absolute path of a folder under one of api.allowed_roots",
+        json_schema_extra={"pattern": r"^/[^\x00]*$"},  # checked by the validator, with clearer messages
+    )
+    prune: JsonBool = Field(
+        False, description="Also remove documents of files that disappeared under the folder"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_file_system_path(cls, path: str) -> str:
+        """Checked before any file system call sees it: a NUL would end the C string (and fail the call)."""
+        if "\x00" in path:
+            raise ValueError("a path cannot contain a NUL character")
+        if not path.startswith("/"):
+            raise ValueError(f"the path must be absolute, got {path[:200]!r}")
+        return path
 
 
 class AcceptedFile(BaseModel):
@@ -161,7 +195,7 @@ class QueryFilters(_Strict):
     modality: list[ModalityName] | None = Field(
         None, min_length=1, description="Only items of these modalities"
     )
-    document_ids: list[Annotated[int, Field(ge=1)]] | None = Field(
+    document_ids: list[Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]] | None = Field(
         None, min_length=1, max_length=1000, description="Only items of these documents"
     )
     metadata: dict[MetadataKey, MetadataValue] | None = Field(
@@ -169,8 +203,16 @@ class QueryFilters(_Strict):
     )
 
 
+# What base64.b64decode(validate=True) takes, after an optional "data:...," prefix; the service checks it
+# itself, with a clearer message than a pattern mismatch.
+BASE64_PATTERN = r"^(data:[^,]*,)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+Base64Text = Annotated[
+    str, Field(min_length=1, json_schema_extra={"contentEncoding": "base64", "pattern": BASE64_PATTERN})
+]
+
+
 class _QueryBase(_Strict):
-    image_base64: str | None = Field(
+    image_base64: Base64Text | None = Field(
         None, description="A query image (JPEG, PNG, WebP, GIF, BMP, TIFF), base64; or upload it as `image`"
     )
     filters: QueryFilters | None = None
@@ -188,11 +230,18 @@ class QueryRequest(_QueryBase):
                     "k": 10,
                     "filters": {"modality": ["image"], "metadata": {"year": 2024}},
                 },
-            ]
+            ],
+            "anyOf": [  # what _needs_text_or_image checks
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {
+                    "required": ["image_base64"],
+                    "properties": {"image_base64": {"type": "string", "minLength": 1}},
+                },
+            ],
         },
     )
     text: str | None = Field(None, min_length=1, max_length=MAX_QUERY_TEXT)
-    k: int = Field(10, ge=1, le=100)
+    k: JsonInt = Field(10, ge=1, le=100)
 
     @model_validator(mode="after")
     def _needs_text_or_image(self, info: ValidationInfo) -> QueryRequest:
@@ -208,8 +257,8 @@ class AskRequest(_QueryBase):
         json_schema_extra={"examples": [{"question": "What is the cat lying on?", "k": 5, "stream": False}]},
     )
     question: str = Field(min_length=1, max_length=MAX_QUERY_TEXT)
-    k: int = Field(5, ge=1, le=50, description="How many retrieved items the answer may draw on")
-    stream: bool = Field(False, description="Stream the answer as server-sent events")
+    k: JsonInt = Field(5, ge=1, le=50, description="How many retrieved items the answer may draw on")
+    stream: JsonBool = Field(False, description="Stream the answer as server-sent events")
 
 
 class SourceOut(BaseModel):
@@ -390,3 +439,47 @@ class Readiness(BaseModel):
         default_factory=dict,
         description="Model id -> loaded (weights load on the first request that needs them)",
     )
+
+
+# ---- API keys --------------------------------------------------------------------------------------------
+
+CollectionScope = Annotated[
+    str, StringConstraints(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$", max_length=64)
+]
+
+
+class KeyRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "photo app", "collections": ["photos"], "admin": False}]},
+    )
+    name: str = Field("", max_length=64, description="A label, for the list of keys")
+    collections: list[CollectionScope] = Field(
+        min_length=1,
+        max_length=1000,
+        description='Collections the key may read and write (and create); "*" for every collection',
+    )
+    admin: JsonBool = Field(
+        False, description="May also make and revoke keys, ingest server folders, see all"
+    )
+
+
+class KeyOut(BaseModel):
+    id: str = Field(description="Names the key, e.g. to revoke it; not the key itself")
+    name: str
+    collections: list[str]
+    admin: bool
+    created_at: UtcDatetime
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The key itself: shown this once, only its sha256 is kept")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut] = Field(description="Keys made through the API (the config's own keys are not listed)")
+
+
+class KeyRevoked(BaseModel):
+    id: str
+    revoked: Literal[True] = True

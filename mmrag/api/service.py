@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,8 @@ from sqlalchemy import exists, select, union
 
 from mmrag.api.metrics import Metrics
 from mmrag.api.security import ApiKeyVerifier
-from mmrag.blobs import key_of_location, open_blob_store
+from mmrag.api.uploads import STALE_INCOMING_S, remove_stale_incoming
+from mmrag.blobs import FolderBlobStore, key_of_location, open_blob_store
 from mmrag.caption.base import Captioner, OcrEngine
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
@@ -38,6 +40,7 @@ from mmrag.store.models import Document, Item, Space
 
 if TYPE_CHECKING:
     from mmrag.api.jobs import IngestWorker, JobStore
+    from mmrag.api.keys import KeyStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +86,24 @@ def _same(stored: Any, wanted: Any) -> bool:
     return isinstance(stored, bool) == isinstance(wanted, bool) and stored == wanted
 
 
+def available_roads(settings: Settings) -> list[str]:
+    """The image roads this server can take: clip needs the CLIP space; caption needs the text space and a
+    captioner or OCR; both needs both."""
+    clip = settings.spaces.clip
+    caption = settings.spaces.text and (settings.caption.backend != "none" or settings.caption.ocr)
+    return [
+        road for road, usable in (("clip", clip), ("caption", caption), ("both", clip and caption)) if usable
+    ]
+
+
+def _prefix_pattern(data_dir: Path) -> re.Pattern[str]:
+    """The data dir as written in the settings and as resolved (they differ behind a symlink), followed by a
+    separator or by the end of the path."""
+    forms = {str(data_dir.absolute()), str(data_dir.resolve())}
+    alternatives = "|".join(re.escape(form.rstrip(os.sep)) for form in sorted(forms, key=len, reverse=True))
+    return re.compile(f"(?<![\\w.-])(?:{alternatives})(?:{re.escape(os.sep)}|(?![\\w.-]))")
+
+
 @dataclass
 class FoundItem:
     hit: Hit
@@ -93,7 +114,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.keys = ApiKeyVerifier(settings.api.api_key_hashes)
+        self.keys = ApiKeyVerifier(settings.api)
         self.executor = ThreadPoolExecutor(settings.api.workers, thread_name_prefix="mmrag-pool")
         self.db: Database | None = None
         self.clip: ClipEmbedder | None = None
@@ -107,7 +128,9 @@ class Service:
         self._handles_lock = threading.Lock()
         # set by load() once the database is open
         self.job_store: JobStore
+        self.key_store: KeyStore
         self.worker: IngestWorker
+        self._data_dir_pattern = _prefix_pattern(settings.data_dir)
         self.answers: Any = None  # answering.AnswerService, made on the first /ask
 
     # ---- start and stop -------------------------------------------------------------------------------
@@ -121,6 +144,9 @@ class Service:
         settings = self.settings
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
+            removed = remove_stale_incoming(self.incoming_root(), STALE_INCOMING_S)
+            if removed:
+                log.warning("removed %d partial upload(s) left by a server that stopped mid-upload", removed)
             self.db = Database(settings.db_url)
             self.clip, self.text = build_encoders(settings)
             self.captioner = build_captioner(settings)
@@ -132,12 +158,14 @@ class Service:
                     encoder.load()  # type: ignore[attr-defined]
                 self.warm_calibration(handle)
             from mmrag.api.jobs import IngestWorker, JobStore
+            from mmrag.api.keys import KeyStore
 
+            self.key_store = KeyStore(self.db)
             self.job_store = JobStore(self.db)
             self.worker = IngestWorker(self, self.job_store)
             self.worker.start()  # jobs left unfinished by the last run go first
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = self.redact(f"{type(exc).__name__}: {exc}")  # /ready shows it to anyone
             log.exception("the service could not load")
             return
         self.ready.set()
@@ -159,18 +187,35 @@ class Service:
     def uploads_dir(self, collection: str) -> Path:
         return self.settings.data_dir / "uploads" / collection
 
+    def incoming_root(self) -> Path:
+        return self.settings.data_dir / "uploads" / ".incoming"
+
     def incoming_dir(self) -> Path:
         """A fresh folder for one request's files while they stream in (hidden: never walked)."""
-        return self.settings.data_dir / "uploads" / ".incoming" / uuid.uuid4().hex
+        return self.incoming_root() / uuid.uuid4().hex
+
+    @property
+    def file_roots(self) -> list[Path]:
+        """Where files are served from: the data dir and the folders server-side ingest may read."""
+        blob_folder = [self.blobs.root.resolve()] if isinstance(self.blobs, FolderBlobStore) else []
+        return [
+            self.settings.data_dir.resolve(),
+            *blob_folder,  # uploads, where blobs.url names a folder of their own
+            *(root.resolve() for root in self.settings.api.allowed_roots),
+        ]
 
     def public_path(self, path: str) -> str:
         """Uploaded files are shown relative to the data dir (uploads/<collection>/<sha256>/<name>), not
         with the server's own layout; documents indexed from folders keep their absolute paths."""
-        data_dir = str(self.settings.data_dir.resolve())
-        if path.startswith(data_dir + os.sep):
-            return path[len(data_dir) + 1 :]
         key = key_of_location(self.blobs, path) if path.startswith("s3://") else None
-        return key if key is not None and key.startswith("uploads/") else path
+        if key is not None and key.startswith("uploads/"):  # an upload in an S3 blob store
+            return key
+        return self.redact(path)
+
+    def redact(self, text: str) -> str:
+        """`text` (a path, a reason, an error from a library such as MuPDF) with every path under the data
+        dir made relative to it, and the data dir itself named as such: clients never see server paths."""
+        return self._data_dir_pattern.sub(lambda m: "" if m.group(0).endswith(os.sep) else "<data dir>", text)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (models, FAISS, database, files) on the pool, off the event loop."""

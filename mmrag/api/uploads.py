@@ -11,10 +11,12 @@ leading dot, no control characters) and the file lands in uploads/<collection>/<
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,10 @@ from starlette.requests import Request
 from mmrag.blobs import BlobStore, upload_key
 
 MAX_NAME_CHARS = 120
+# A request's folder under uploads/.incoming that nothing has written to for this long was left by a server
+# that stopped mid-upload. Another server on the same data dir writes to its folders as the bytes arrive,
+# so this is far longer than any pause in a live upload.
+STALE_INCOMING_S = 30 * 60
 
 
 class UploadError(Exception):
@@ -254,3 +260,40 @@ def store_upload(received: ReceivedFile, blobs: BlobStore, collection: str) -> s
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_incoming(incoming_root: Path, older_than_s: float) -> int:
+    """Remove the request folders under `incoming_root` in which nothing changed for `older_than_s` seconds;
+    the number removed. What cannot be removed stays (the service starts anyway)."""
+    try:
+        entries = list(os.scandir(incoming_root))
+    except OSError:  # none yet, or unreadable
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for entry in entries:
+        if _newest_mtime(Path(entry.path)) >= cutoff:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            remove_tree(Path(entry.path))
+        else:
+            with contextlib.suppress(OSError):
+                Path(entry.path).unlink()
+        removed += not os.path.lexists(entry.path)
+    return removed
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest mtime of `path` and everything under it (links are not followed)."""
+    try:
+        newest = path.lstat().st_mtime
+    except OSError:
+        return float("inf")  # gone already, or not ours to judge: left alone
+    if path.is_dir() and not path.is_symlink():
+        for parent, folders, files in os.walk(path):
+            for name in folders + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(parent, name)).st_mtime)
+                except OSError:
+                    continue
+    return newest

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -197,3 +198,17 @@ class ImageGroup(Base):
     collection: Mapped[str] = mapped_column(String(64))
     phash: Mapped[int] = mapped_column(BigInteger)  # the 64 bits as a signed integer (no uint64 in SQL)
     group_id: Mapped[int] = mapped_column(BigInteger)  # the id of the group's first item
+
+
+class ApiKey(Base):
+    """An API key an admin made at run time (POST /v1/keys): only its sha256 digest is kept."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("sha256", name="uq_api_keys_sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex, public: names the key
+    sha256: Mapped[str] = mapped_column(String(64))  # hex digest of the key; looked up by it
+    name: Mapped[str] = mapped_column(String(64), default="")
+    collections: Mapped[list[str]] = mapped_column(JSON, default=list)  # names, or ["*"]
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,4 +1,8 @@
-"""Uploads (one background job each), server-side folder ingest, listing and deleting documents."""
+"""Uploads (one background job each), server-side folder ingest, listing and deleting documents.
+
+A key reaches only its collections: reads of others answer 404 as if they did not exist; an upload into a
+collection the key does not name is 403 whether or not it exists (an upload may create it). Server-side
+folder ingest reads the server's own files: it needs an admin key."""
 
 from __future__ import annotations
 
@@ -6,13 +10,20 @@ import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
-from mmrag.api.deps import CollectionName, ServiceDep, existing_collection
+from mmrag.api.deps import (
+    CollectionName,
+    ScopeDep,
+    ServiceDep,
+    check_writable,
+    existing_collection,
+    require_admin,
+)
 from mmrag.api.errors import ApiError, documented, from_validation_error
 from mmrag.api.schemas import (
     AcceptedFile,
@@ -25,6 +36,7 @@ from mmrag.api.schemas import (
     JobAccepted,
     UploadOptions,
 )
+from mmrag.api.security import KeyScope
 from mmrag.api.service import Service
 from mmrag.api.uploads import ReceivedFile, UploadError, receive_multipart, remove_tree, store_upload
 from mmrag.blobs import key_of_location
@@ -48,21 +60,23 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["files"],
+                    "additionalProperties": False,
                     "properties": {
                         "files": {
                             "type": "array",
                             "minItems": 1,
-                            "items": {"type": "string", "format": "binary"},
+                            "maxItems": 32,  # api.max_files_per_request: app.py puts in this server's
+                            "items": {"type": "string", "format": "binary", "minLength": 1},
                             "description": "Images (JPEG, PNG, WebP, GIF, BMP, TIFF), PDFs, .txt/.md/.rst "
                             "files; typed by their content",
                         },
-                        "options": {
-                            "type": "string",
-                            "description": 'UploadOptions as JSON: {"road": "clip", "metadata": {"y": 1}}',
-                        },
+                        "options": {"$ref": "#/components/schemas/UploadOptions"},
                     },
                 },
-                "encoding": {"files": {"contentType": "application/octet-stream"}},
+                "encoding": {
+                    "files": {"contentType": "application/octet-stream"},
+                    "options": {"contentType": "application/json"},
+                },
             }
         },
     }
@@ -81,9 +95,12 @@ _UPLOAD_BODY = {
         "api.max_files_per_request files and api.max_pdf_pages_per_request PDF pages."
     ),
     openapi_extra=_UPLOAD_BODY,
-    responses=documented(400, 401, 409, 413, 415, 422, 503),
+    responses=documented(400, 401, 403, 409, 413, 415, 422, 503),
 )
-async def upload_documents(request: Request, collection: CollectionName, service: ServiceDep) -> Any:
+async def upload_documents(
+    request: Request, collection: CollectionName, service: ServiceDep, scope: ScopeDep
+) -> Any:
+    check_writable(scope, collection)
     api = service.settings.api
     incoming = service.incoming_dir()
     try:
@@ -194,8 +211,9 @@ def _pdf_pages(path: Path) -> int:
     "/collections/{collection}/folders",
     status_code=202,
     response_model=JobAccepted,
-    summary="Index a folder on the server (only under api.allowed_roots)",
-    responses=documented(401, 403, 404, 409, 422, 503),
+    summary="Index a folder on the server (only under api.allowed_roots; needs an admin key)",
+    responses=documented(400, 401, 403, 404, 409, 422, 503),
+    dependencies=[Depends(require_admin)],
 )
 async def ingest_folder(
     body: FolderIngestRequest, collection: CollectionName, service: ServiceDep
@@ -203,10 +221,7 @@ async def ingest_folder(
     roots = [root.resolve() for root in service.settings.api.allowed_roots]
     if not roots:
         raise ApiError(403, "forbidden", "server-side folder ingest is off: configure api.allowed_roots")
-    requested = Path(body.path)
-    if not requested.is_absolute():
-        raise ApiError(422, "invalid_request", f"path must be absolute, got {body.path!r}")
-    folder = requested.resolve()
+    folder = Path(body.path).resolve()  # the body's validator made sure it is absolute and has no NUL
     if not any(folder == root or folder.is_relative_to(root) for root in roots):
         raise ApiError(403, "forbidden", f"{body.path!r} is not under an allowed root (api.allowed_roots)")
     if not folder.is_dir():
@@ -229,11 +244,12 @@ async def ingest_folder(
     summary="Collections and their sizes",
     responses=documented(401, 503),
 )
-async def list_collections(service: ServiceDep) -> CollectionList:
-    return await service.run(_collections, service)
+async def list_collections(service: ServiceDep, scope: ScopeDep) -> CollectionList:
+    """Only the collections the key may see."""
+    return await service.run(_collections, service, scope)
 
 
-def _collections(service: Service) -> CollectionList:
+def _collections(service: Service, scope: KeyScope) -> CollectionList:
     assert service.db is not None
     with service.db.session() as session:
         docs = dict(
@@ -247,7 +263,7 @@ def _collections(service: Service) -> CollectionList:
     return CollectionList(
         collections=[
             CollectionOut(name=name, documents=docs.get(name, 0), items=items.get(name, 0))
-            for name in service.collection_names()
+            for name in scope.visible(service.collection_names())
         ]
     )
 
@@ -261,11 +277,12 @@ def _collections(service: Service) -> CollectionList:
 async def list_documents(
     collection: CollectionName,
     service: ServiceDep,
+    scope: ScopeDep,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     status: Annotated[str | None, Query(pattern="^(indexed|failed)$")] = None,
 ) -> DocumentList:
-    await existing_collection(service, collection)
+    await existing_collection(service, collection, scope)
     return await service.run(_documents, service, collection, offset, limit, status)
 
 
@@ -303,7 +320,7 @@ def document_out(service: Service, doc: Document, items: int) -> DocumentOut:
         name=Path(doc.path).name,
         kind=doc.kind,
         status=doc.status,
-        error=doc.error,
+        error=service.redact(doc.error) if doc.error else doc.error,
         size=doc.size,
         items=items,
         metadata=doc.meta or {},
@@ -322,8 +339,9 @@ async def delete_document(
     collection: CollectionName,
     document_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
     service: ServiceDep,
+    scope: ScopeDep,
 ) -> DeletedDocument:
-    handle = await existing_collection(service, collection)
+    handle = await existing_collection(service, collection, scope)
     return await service.run(_delete, service, handle, document_id)
 
 

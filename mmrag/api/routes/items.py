@@ -1,19 +1,28 @@
-"""Items (an image, a text chunk, a rendered page) by id, and their pictures."""
+"""Items (an image, a text chunk, a rendered page) by id, and their pictures.
+
+An item of a collection the key may not see answers 404 exactly like an id that does not exist. Pictures
+are read through mmrag.api.files: only under the data dir and api.allowed_roots, no link followed, and an
+original only while it is still the file that was indexed.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Literal
+import hashlib
+import io
+import os
+from typing import Annotated, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
-from mmrag.api.deps import ServiceDep
+from mmrag.api.deps import ScopeDep, ServiceDep
 from mmrag.api.errors import ApiError, documented
+from mmrag.api.files import FileRefused, chunks, open_indexed, open_within
 from mmrag.api.schemas import ItemOut
+from mmrag.api.security import KeyScope
 from mmrag.api.service import Service
-from mmrag.blobs import BlobError, BlobNotFound, is_s3_url, key_of_location, read_s3_object
+from mmrag.blobs import BlobError, BlobNotFound, FolderBlobStore, is_s3_url, key_of_location, read_s3_object
 from mmrag.ingest.images import thumbnail_format
 from mmrag.ingest.mupdf import pymupdf
 from mmrag.store.models import Document, Item
@@ -32,12 +41,12 @@ _IMAGE_MAGIC = (
 )
 
 
-def _load(service: Service, item_id: int) -> tuple[Item, Document]:
+def _load(service: Service, item_id: int, scope: KeyScope) -> tuple[Item, Document]:
     assert service.db is not None
     with service.db.session() as session:
         item = session.get(Item, item_id)
         doc = session.get(Document, item.document_id) if item is not None else None
-    if item is None or doc is None:
+    if item is None or doc is None or not scope.allows(item.collection):
         raise ApiError(404, "not_found", f"no item {item_id}")
     return item, doc
 
@@ -48,8 +57,8 @@ def _load(service: Service, item_id: int) -> tuple[Item, Document]:
     summary="An item and its source",
     responses=documented(401, 404, 422, 503),
 )
-async def get_item(item_id: ItemId, service: ServiceDep) -> ItemOut:
-    item, doc = await service.run(_load, service, item_id)
+async def get_item(item_id: ItemId, service: ServiceDep, scope: ScopeDep) -> ItemOut:
+    item, doc = await service.run(_load, service, item_id, scope)
     return ItemOut(
         item_id=item.id,
         collection=item.collection,
@@ -77,78 +86,101 @@ async def get_item(item_id: ItemId, service: ServiceDep) -> ItemOut:
                 for kind in ("webp", "jpeg", "png", "gif", "bmp", "tiff")
             },
         },
-        **documented(401, 404, 422, 503),
+        **documented(401, 404, 409, 422, 503),
     },
 )
 async def get_item_image(
     item_id: ItemId,
     service: ServiceDep,
+    scope: ScopeDep,
     variant: Annotated[
         Literal["thumbnail", "original"], Query(description="thumbnail (small) or original")
     ] = "thumbnail",
 ) -> Response:
-    return await service.run(_picture, service, item_id, variant)
+    return await service.run(_picture, service, item_id, variant, scope)
 
 
-def _picture(service: Service, item_id: int, variant: str) -> Response:
-    item, doc = _load(service, item_id)
+def _picture(service: Service, item_id: int, variant: str, scope: KeyScope) -> Response:
+    item, doc = _load(service, item_id, scope)
     if item.modality == "text":
         raise ApiError(404, "not_found", f"item {item_id} is a text chunk: it has no picture")
     if variant == "thumbnail":
         if not item.thumbnail:
             raise ApiError(404, "not_found", f"item {item_id} has no thumbnail")
-        try:  # from the blob store every replica shares: any replica serves any item's thumbnail
-            data = service.blobs.get(item.thumbnail)
-        except (BlobNotFound, ValueError):
-            raise ApiError(404, "not_found", f"the thumbnail of item {item_id} is missing") from None
-        return Response(data, media_type=f"image/{thumbnail_format()}")
-    source = _source(service, item_id, doc)
+        try:
+            return Response(_thumbnail(service, item.thumbnail), media_type=f"image/{thumbnail_format()}")
+        except FileRefused as refused:
+            raise ApiError(404, "not_found", f"the thumbnail of item {item_id} {refused.reason}") from None
+    if doc.kind not in ("image", "pdf") or (doc.kind == "pdf" and not item.page):
+        raise ApiError(404, "not_found", f"item {item_id} has no original picture")
+    source = _original(service, item_id, doc)
     if doc.kind == "image":
-        head = source[:16] if isinstance(source, bytes) else _head(source)
+        head = source.read(16)
+        source.seek(0)
         media = next((mime for magic, mime in _IMAGE_MAGIC if head.startswith(magic)), None)
         if media is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
             media = "image/webp"
-        if isinstance(source, bytes):
-            return Response(source, media_type=media or "application/octet-stream")
-        return FileResponse(source, media_type=media or "application/octet-stream")
-    if doc.kind == "pdf" and item.page:
+        in_memory = isinstance(source, io.BytesIO)
+        size = len(source.getbuffer()) if in_memory else os.fstat(source.fileno()).st_size
+        return StreamingResponse(
+            chunks(source),
+            media_type=media or "application/octet-stream",
+            headers={"Content-Length": str(size)},
+        )
+    with source:
+        assert item.page is not None  # a PDF item without a page was refused above
         return Response(_pdf_region(source, item.page, item.bbox), media_type="image/png")
-    raise ApiError(404, "not_found", f"item {item_id} has no original picture")
 
 
-def _source(service: Service, item_id: int, doc: Document) -> Path | bytes:
-    """The item's source file: a local path, or the bytes of an S3 object (an s3:// input or an upload in
-    an S3 blob store)."""
-    if is_s3_url(doc.path):
+def _thumbnail(service: Service, key: str) -> bytes:
+    """From the blob store every replica shares: any replica serves any item's thumbnail. In a folder,
+    read through open_within (no link followed)."""
+    blobs = service.blobs
+    if isinstance(blobs, FolderBlobStore):
+        root = blobs.root.resolve()
+        with open_within(root / key, [root]) as thumbnail:
+            return thumbnail.read()
+    try:
+        return blobs.get(key)
+    except (BlobError, ValueError) as exc:
+        raise FileRefused(404, "is missing" if isinstance(exc, BlobNotFound) else str(exc)) from None
+
+
+def _original(service: Service, item_id: int, doc: Document) -> BinaryIO:
+    """The document's file, still the one indexed: a local file (open_indexed), or an S3 object (an s3://
+    input, an upload in an S3 blob store) whose bytes hash to the indexed content."""
+    try:
+        if not is_s3_url(doc.path):
+            return open_indexed(doc, service.file_roots)
         try:
             key = key_of_location(service.blobs, doc.path)
-            return service.blobs.get(key) if key is not None else read_s3_object(doc.path, service.settings)
+            data = service.blobs.get(key) if key is not None else read_s3_object(doc.path, service.settings)
         except BlobError:
-            pass
-    else:
-        source = Path(doc.fs_path)
-        if source.is_file():
-            return source
-    raise ApiError(
-        404, "not_found", f"the source file of item {item_id} is gone: {service.public_path(doc.path)}"
-    )
+            raise FileRefused(404, "is gone") from None
+        if hashlib.sha256(data).hexdigest() != doc.content_hash:
+            raise FileRefused(409, "has changed since it was indexed: index it again to serve it")
+        return io.BytesIO(data)
+    except FileRefused as refused:
+        code = "conflict" if refused.status == 409 else "not_found"
+        message = f"the source file of item {item_id} ({service.public_path(doc.path)}) {refused.reason}"
+        raise ApiError(refused.status, code, message) from None
 
 
-def _head(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(16)
+def _open_checked_pdf(source: BinaryIO) -> pymupdf.Document:
+    """MuPDF on the file already opened and checked (open_indexed), through /proc/self/fd where there is
+    one: the path is never opened again, so a file swapped for a link since the check is never read."""
+    if isinstance(source, io.BytesIO):  # an S3 object, already in memory
+        return pymupdf.open(stream=source.getvalue(), filetype="pdf")
+    proc_path = f"/proc/self/fd/{source.fileno()}"
+    if os.path.exists(proc_path):
+        return pymupdf.open(proc_path, filetype="pdf")
+    return pymupdf.open(stream=source.read(), filetype="pdf")
 
 
-def _open_pdf(source: Path | bytes) -> pymupdf.Document:
-    if isinstance(source, bytes):
-        return pymupdf.open(stream=source, filetype="pdf")
-    return pymupdf.open(source, filetype="pdf")
-
-
-def _pdf_region(source: Path | bytes, page_number: int, bbox: list[float] | None) -> bytes:
+def _pdf_region(source: BinaryIO, page_number: int, bbox: list[float] | None) -> bytes:
     """The item's region of its page (the whole page for a rendered page), rendered as PNG."""
     try:
-        with _open_pdf(source) as doc:
+        with _open_checked_pdf(source) as doc:
             page = doc[page_number - 1]
             clip = pymupdf.Rect(bbox) & page.rect if bbox else page.rect
             if clip.is_empty:
@@ -188,24 +220,25 @@ _MAX_PAGE_PIXELS = 16_000_000  # a poster-sized page is rendered at a lower reso
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
             "headers": _PAGE_HEADERS,
         },
-        **documented(401, 404, 422, 503),
+        **documented(401, 404, 409, 422, 503),
     },
 )
 async def get_item_page(
     item_id: ItemId,
     service: ServiceDep,
+    scope: ScopeDep,
     dpi: Annotated[int, Query(ge=36, le=300, description="Resolution of the rendering")] = 110,
 ) -> Response:
-    return await service.run(_page, service, item_id, dpi)
+    return await service.run(_page, service, item_id, dpi, scope)
 
 
-def _page(service: Service, item_id: int, dpi: int) -> Response:
-    item, doc = _load(service, item_id)
+def _page(service: Service, item_id: int, dpi: int, scope: KeyScope) -> Response:
+    item, doc = _load(service, item_id, scope)
     if doc.kind != "pdf" or not item.page:
         raise ApiError(404, "not_found", f"item {item_id} is not on a PDF page")
-    source = _source(service, item_id, doc)
+    source = _original(service, item_id, doc)
     try:
-        with _open_pdf(source) as pdf:
+        with source, _open_checked_pdf(source) as pdf:
             page = pdf[item.page - 1]
             rect = page.rect
             zoom = min(dpi / 72, (_MAX_PAGE_PIXELS / max(rect.width * rect.height, 1.0)) ** 0.5)

@@ -1,4 +1,5 @@
-"""Ingest jobs: status, counts and the outcome of every file."""
+"""Ingest jobs: status, counts and the outcome of every file (a job of a collection the key may not see
+answers 404, like one that does not exist)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from mmrag.api.deps import ServiceDep
+from mmrag.api.deps import ScopeDep, ServiceDep
 from mmrag.api.errors import ApiError, documented
 from mmrag.api.schemas import JobFile, JobStatus
+from mmrag.api.service import Service
 
 router = APIRouter(tags=["jobs"])
 
@@ -23,9 +25,10 @@ router = APIRouter(tags=["jobs"])
 async def get_job(
     job_id: Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="The id an upload answered with")],
     service: ServiceDep,
+    scope: ScopeDep,
 ) -> JobStatus:
     job = await service.run(service.job_store.get, job_id)
-    if job is None:
+    if job is None or not scope.allows(job.collection):
         raise ApiError(404, "not_found", f"no job {job_id}")
     return JobStatus(
         id=job.id,
@@ -33,9 +36,17 @@ async def get_job(
         kind=job.kind,  # type: ignore[arg-type]
         status=job.status,  # type: ignore[arg-type]
         counts=job.counts or {},
-        files=[JobFile(**entry) for entry in job.files or []],
-        error=job.error,
+        files=[
+            JobFile(**{**entry, "reason": _redacted(service, entry.get("reason"))})
+            for entry in job.files or []
+        ],
+        error=_redacted(service, job.error),
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def _redacted(service: Service, text: str | None) -> str | None:
+    """Jobs store their reasons without server paths already; rows written before that are cleaned here."""
+    return service.redact(text) if text else text

@@ -5,41 +5,62 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from mmrag.api import answering
-from mmrag.api.deps import CollectionName, ServiceDep, existing_collection
+from mmrag.api.deps import CollectionName, ScopeDep, ServiceDep, existing_collection
 from mmrag.api.errors import ApiError, documented, from_validation_error
 from mmrag.api.schemas import AskRequest, AskResponse, HitOut, QueryFilters, QueryRequest, QueryResponse
 from mmrag.api.service import Filters, FoundItem, Service
+from mmrag.errors import ExtractionError
 from mmrag.ingest.images import load_model_image
 
 router = APIRouter(tags=["search"])
 M = TypeVar("M", bound=BaseModel)
 
 _MAX_FORM_FIELD_BYTES = 64 * 1024
+# One server-sent event of a streamed answer (in OpenAPI 3.1 a text/event-stream's schema is one event's)
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["sources", "token", "error", "done"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "JSON: sources, a list of SourceOut; token, {text}; error, {error, message}; "
+            "done, the AskResponse",
+        },
+    },
+}
 
 
 def _form_schema(model: type[BaseModel], text_field: str) -> dict[str, Any]:
-    """The multipart form of a JSON request: the same fields, `filters` as a JSON string, `image` a file."""
+    """The multipart form of a JSON request: the same fields, `filters` as a JSON part, `image` a file."""
     properties: dict[str, Any] = {
         text_field: {"type": "string", "minLength": 1, "maxLength": 4000},
         "k": {"type": "integer", "minimum": 1, "maximum": 100 if model is QueryRequest else 50},
-        "filters": {"type": "string", "description": "QueryFilters as JSON"},
+        "filters": {"$ref": "#/components/schemas/QueryFilters"},
         "fusion": {"type": "string", "enum": ["calibrated", "rrf", "raw"]},
-        "image": {"type": "string", "format": "binary", "description": "The query image"},
+        "image": {"type": "string", "format": "binary", "minLength": 1, "description": "The query image"},
     }
     if model is AskRequest:
         properties["stream"] = {"type": "boolean"}
-    return {"type": "object", "properties": properties}
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if model is AskRequest:
+        schema["required"] = [text_field]
+    else:
+        schema["anyOf"] = [{"required": [text_field]}, {"required": ["image"]}]
+    return schema
 
 
 def _body(model: type[BaseModel], text_field: str) -> dict[str, Any]:
@@ -48,7 +69,10 @@ def _body(model: type[BaseModel], text_field: str) -> dict[str, Any]:
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}},
-                "multipart/form-data": {"schema": _form_schema(model, text_field)},
+                "multipart/form-data": {
+                    "schema": _form_schema(model, text_field),
+                    "encoding": {"filters": {"contentType": "application/json"}},
+                },
             },
         }
     }
@@ -110,7 +134,7 @@ async def _from_form(request: Request, model: type[M]) -> tuple[M, bytes | None]
             except ValueError:
                 raise ApiError(422, "invalid_request", "form field 'filters' is not JSON") from None
         else:
-            fields[name] = value
+            fields[name] = _form_value(name, value)
     if image is not None and not image:
         raise ApiError(422, "invalid_request", "the uploaded query image is empty")
     try:
@@ -119,10 +143,34 @@ async def _from_form(request: Request, model: type[M]) -> tuple[M, bytes | None]
         raise from_validation_error(exc) from None
 
 
+def _form_value(name: str, value: str) -> Any:
+    """A form field as the type its model wants: the models are strict (no "yes" for true), and a form
+    carries text, so integers and booleans are read here, exactly."""
+    if name == "k":
+        if not re.fullmatch(r"[+-]?[0-9]{1,18}", value.strip()):
+            raise ApiError(422, "invalid_request", f"form field 'k' must be an integer, got {value[:50]!r}")
+        return int(value)
+    if name == "stream":
+        if value.strip().lower() not in ("true", "false"):
+            raise ApiError(
+                422, "invalid_request", f"form field 'stream' must be true or false, got {value[:50]!r}"
+            )
+        return value.strip().lower() == "true"
+    return value
+
+
 def decode_image(service: Service, data: bytes, operation: str) -> Image.Image:
     start = time.perf_counter()
     try:
         return load_model_image(data, service.settings.ingest.max_image_pixels)
+    except ExtractionError as exc:
+        if isinstance(exc.__cause__, UnidentifiedImageError):  # not an image at all, as an upload's 415
+            raise ApiError(
+                415,
+                "unsupported_content",
+                "the query image is not an image (JPEG, PNG, WebP, GIF, BMP, TIFF)",
+            ) from None
+        raise
     finally:
         service.metrics.stage(operation, "decode", time.perf_counter() - start)
 
@@ -168,10 +216,12 @@ def hit_out(service: Service, found: FoundItem) -> HitOut:
     openapi_extra=_body(QueryRequest, "text"),
     responses=documented(400, 401, 404, 409, 413, 415, 422, 503),
 )
-async def query(request: Request, collection: CollectionName, service: ServiceDep) -> QueryResponse:
+async def query(
+    request: Request, collection: CollectionName, service: ServiceDep, scope: ScopeDep
+) -> QueryResponse:
     start = time.perf_counter()
     req, image_bytes = await read_request(request, QueryRequest)
-    handle = await existing_collection(service, collection)
+    handle = await existing_collection(service, collection, scope)
     image = await service.run(decode_image, service, image_bytes, "query") if image_bytes else None
     found = await service.run(
         service.search,
@@ -202,14 +252,14 @@ async def query(request: Request, collection: CollectionName, service: ServiceDe
         200: {
             "description": "The answer (JSON), or server-sent events when stream=true: `sources`, `token` "
             '({"text": ...}) per piece, then `done` with the AskResponse',
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         },
         **documented(400, 401, 404, 409, 413, 415, 422, 501, 503),
     },
 )
-async def ask(request: Request, collection: CollectionName, service: ServiceDep) -> Any:
+async def ask(request: Request, collection: CollectionName, service: ServiceDep, scope: ScopeDep) -> Any:
     req, image_bytes = await read_request(request, AskRequest)
-    handle = await existing_collection(service, collection)
+    handle = await existing_collection(service, collection, scope)
     if not answering.available():
         raise ApiError(501, "not_implemented", "answer generation is not installed on this server")
     image = await service.run(decode_image, service, image_bytes, "ask") if image_bytes else None
