@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mmrag.api.security import new_api_key
+from mmrag.ingest.mupdf import pymupdf
 from tests.api_server import RunningServer, api_settings, ingest, serve
 from tests.realdata import photo_bytes
 
@@ -35,20 +36,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             )
             # the item the item routes are tested with, where the generated deletes (of "default"'s
             # documents 1, 2, ...) do not reach it
-            ingest(client, "kept", [("coffee.jpg", photo_bytes("coffee"))])
+            ingest(client, "kept", [("coffee.jpg", photo_bytes("coffee")), ("figure.pdf", _pdf_of("coffee"))])
         yield running
+
+
+def _pdf_of(photo: str) -> bytes:
+    """A one-page PDF showing a photo: an item with a page, for the page route."""
+    document = pymupdf.open()
+    document.new_page().insert_image(pymupdf.Rect(72, 72, 372, 272), stream=photo_bytes(photo))
+    return document.tobytes()
 
 
 def _config(server: RunningServer, folder: Path) -> Path:
     """tests/schemathesis.toml, and an item that exists: random ids would only ever meet 404s, and the item
     and its pictures (thumbnail, original) are answers whose schema and content type are worth checking."""
     with server.client(KEY) as client:
-        (hit,) = client.post("/v1/collections/kept/query", json={"text": "coffee", "k": 1}).json()["hits"]
+        hits = client.post("/v1/collections/kept/query", json={"text": "coffee", "k": 5}).json()["hits"]
+    photo = next(hit["item_id"] for hit in hits if hit["page"] is None)
+    on_page = next(hit["item_id"] for hit in hits if hit["page"] is not None)
     config = folder / "schemathesis.toml"
-    item = (
-        f'[[operations]]\ninclude-path-regex = "^/v1/items/"\nparameters = {{ item_id = {hit["item_id"]} }}\n'
+    items = (
+        f'[[operations]]\ninclude-path-regex = "^/v1/items/\\\\{{item_id\\\\}}(/image)?$"\n'
+        f"parameters = {{ item_id = {photo} }}\n\n"
+        f'[[operations]]\ninclude-path = "/v1/items/{{item_id}}/page"\n'
+        f"parameters = {{ item_id = {on_page} }}\n"
     )
-    config.write_text(CONFIG.read_text() + "\n" + item)
+    config.write_text(CONFIG.read_text() + "\n" + items)
     return config
 
 

@@ -203,7 +203,8 @@ def _record_images(
                 use.other_pages.append(page_number)
             continue
         try:
-            rect = page.get_image_bbox(entry)
+            # get_image_bbox answers on the page as shown; items keep unrotated page coordinates
+            rect = page.get_image_bbox(entry) * page.derotation_matrix
         except Exception as exc:  # a broken content stream or resource: the image is skipped, not the page
             logger.warning("page %d: cannot place image xref %d: %s", page_number, xref, exc)
             continue
