@@ -56,8 +56,21 @@ def check_can_serve(settings: Any) -> None:
         db.close()
 
 
+# Tells this process from an earlier one with the same pid on the same host (a restarted container's
+# pid 1): a replica row with this host and pid but another token is a process that is gone.
+_PROCESS_TOKEN = uuid.uuid4().hex[:8]
+
+
 def new_replica_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_TOKEN}:{uuid.uuid4().hex[:8]}"
+
+
+def _earlier_process(replica: Replica) -> bool:
+    """A replica row of this host whose process is gone."""
+    if replica.pid != os.getpid():
+        return not _pid_alive(replica.pid)
+    parts = replica.id.rsplit(":", 3)
+    return len(parts) == 4 and parts[2] != _PROCESS_TOKEN
 
 
 class JobQueue:
@@ -81,11 +94,14 @@ class JobQueue:
             with self.db.session() as session:
                 now = self._now(session)
                 other = aliased(Job)
+                claimable = and_(
+                    Job.status.in_(UNFINISHED),
+                    or_(Job.owner.is_(None), Job.lease_until.is_(None), Job.lease_until < now),
+                )
                 query = (
                     select(Job)
                     .where(
-                        Job.status.in_(UNFINISHED),
-                        or_(Job.owner.is_(None), Job.lease_until.is_(None), Job.lease_until < now),
+                        claimable,
                         ~exists().where(
                             and_(
                                 other.collection == Job.collection,
@@ -101,11 +117,18 @@ class JobQueue:
                 job = session.scalar(query)
                 if job is None:
                     return None
+                # Compare and set: on SQLite (no row locks) a claim that lost the race changes no row.
+                taken = session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, claimable)
+                    .values(owner=self.replica_id, lease_until=now + self.lease, attempts=Job.attempts + 1)
+                    .execution_options(synchronize_session=False)
+                )
+                if not taken.rowcount:
+                    return None
                 if job.owner is not None:
                     log.warning("job %s: the lease of %s ran out; taking it over", job.id, job.owner)
-                job.owner, job.lease_until = self.replica_id, now + self.lease
-                job.attempts = (job.attempts or 0) + 1
-                session.flush()
+                session.refresh(job)
                 return job
         except (IntegrityError, OperationalError) as exc:  # another replica claimed this collection first
             log.info("claiming a job lost a race: %s", str(exc).splitlines()[0])
@@ -201,9 +224,7 @@ class JobQueue:
         restart): their rows are dropped and their jobs' leases end now, so a restarted server resumes its
         job at once instead of waiting out the lease."""
         dead = [
-            r.id
-            for r in session.scalars(select(Replica).where(Replica.host == host))
-            if r.pid == os.getpid() or not _pid_alive(r.pid)
+            r.id for r in session.scalars(select(Replica).where(Replica.host == host)) if _earlier_process(r)
         ]
         dead += list(session.scalars(select(Replica.id).where(Replica.seen_at < now - 10 * self.lease)))
         if dead:
