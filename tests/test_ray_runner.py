@@ -224,3 +224,35 @@ def test_ctrl_c_stops_the_cluster_work_and_keeps_what_was_committed(cluster: Non
     assert _cluster_idle(), ray.available_resources()  # the dataset's actors and tasks went with the run
     rest = _index("ray", settings, [library])
     assert (rest.unchanged, rest.indexed) == (1, 7)
+
+
+def test_the_service_hands_large_jobs_to_the_ray_cluster(
+    cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmrag.ingest.runners.ray import RayRunner
+    from tests.api_server import api_settings, image_query, ingest, serve
+
+    ran_on_ray: list[int] = []
+    run = RayRunner.run
+
+    def spied_run(self: RayRunner, roots: list[Any], *args: Any, **kwargs: Any) -> IndexReport:
+        ran_on_ray.append(len(roots))
+        return run(self, roots, *args, **kwargs)
+
+    monkeypatch.setattr(RayRunner, "run", spied_run)
+    base = api_settings(tmp_path / "data")
+    settings = base.model_copy(
+        update={
+            "ingest": base.ingest.model_copy(
+                update={"runner": "ray", "ray": base.ingest.ray.model_copy(update={"cpus_per_worker": 0.5})}
+            ),
+            "api": base.api.model_copy(update={"ray_min_files": 2}),
+        }
+    )
+    with serve(settings) as server, server.client() as client:
+        small = ingest(client, "handoff", [("cat.jpg", photo_bytes("chelsea"))])  # in the replica
+        large = ingest(client, "handoff", [(f"{n}.jpg", photo_bytes(n)) for n in ("rocket", "coffee")])
+        top = image_query(client, "handoff", photo_bytes("rocket"), k=1).json()["hits"][0]
+    assert small["status"] == large["status"] == "done" and large["counts"]["indexed"] == 2
+    assert ran_on_ray == [2]  # only the job of ray_min_files files went to the cluster
+    assert top["path"].endswith("rocket.jpg")

@@ -48,10 +48,10 @@ from mmrag.ingest.stages import (
     commit,
     extract,
     plan,
-    prune,
     record_failure,
     walked_paths,
 )
+from mmrag.ingest.stages import prune as prune_documents
 from mmrag.ingest.vectorise import (
     DatabaseCaptionCache,
     PendingItem,
@@ -394,7 +394,7 @@ class RayRunner:
         self.stage_seconds: dict[str, float] = {}
 
     def run(
-        self, roots: Sequence[Path | str], prune_missing: bool = False, progress: ProgressSink | None = None
+        self, roots: Sequence[Path | str], prune: bool = False, progress: ProgressSink | None = None
     ) -> IndexReport:
         progress = progress or NoProgress()
         report = IndexReport()
@@ -409,8 +409,8 @@ class RayRunner:
             if tasks:
                 with ray_cluster(self.settings) as ray:
                     self._run_on_cluster(ray, tasks, report, progress)
-            if prune_missing:
-                report.pruned = prune(self.collection, roots, walked_paths(entries))
+            if prune:
+                report.pruned = prune_documents(self.collection, roots, walked_paths(entries))
             self.collection.optimise()
         except KeyboardInterrupt:
             report.interrupted = True  # files not committed are redone by the next run
