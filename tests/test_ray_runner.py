@@ -8,6 +8,8 @@ tiny CLIP and MiniLM (real weights).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +22,10 @@ from sqlalchemy import select
 from mmrag.ingest.runners import make_runner
 from mmrag.ingest.stages import FileOutcome, IndexReport, NoProgress
 from mmrag.runtime import Runtime, open_runtime
-from mmrag.settings import Settings
+from mmrag.settings import Settings, load_settings
 from mmrag.store.db import Database
 from mmrag.store.models import Caption, Document, Item, ItemVector
-from tests.conftest import ASSETS, TINY_CLIP
+from tests.conftest import ASSETS, TINY_CLIP, tiny_clip_env
 from tests.realdata import photo_bytes, photo_image, write_markdown, write_pdf_with_photos, write_photos
 from tests.s3_server import CREDENTIALS, S3Server, s3_server
 
@@ -63,10 +65,16 @@ def _settings(data_dir: Path, **overrides: Any) -> Settings:
 def _index(runner: str, settings: Settings, roots: list[Any], progress: Any = None) -> IndexReport:
     rt = open_runtime(settings)
     try:
+        chosen = make_runner(runner, settings, rt.collection, rt.vectoriser())
         with rt.collection.writer():
-            return make_runner(runner, settings, rt.collection, rt.vectoriser()).run(roots, progress=progress)
+            report = chosen.run(roots, progress=progress)
+        _LAST_STATS[:] = [getattr(chosen, "execution_stats", "")]
+        return report
     finally:
         rt.close()
+
+
+_LAST_STATS: list[str] = []  # the Ray dataset's execution stats of the last _index
 
 
 def _contents(settings: Settings) -> dict[str, Any]:
@@ -132,6 +140,8 @@ def test_both_runners_give_the_same_collection(cluster: None, tmp_path: Path) ->
     reports = {
         name: _index(name, s, [library]) for name, s in (("local", local_settings), ("ray", ray_settings))
     }
+    (stats,) = _LAST_STATS  # extraction ran as tasks of its own, not fused into a model actor
+    assert "MapBatches(extract_files)" in stats and "MapBatches(extract_files)->" not in stats
 
     def summary(report: IndexReport) -> tuple[Any, ...]:
         failed = sorted((Path(f.path).name, f.reason) for f in report.failed)
@@ -167,28 +177,6 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-def test_ray_runner_reads_s3_folders_and_writes_thumbnails_to_the_blob_store(
-    cluster: None, s3: S3Server, tmp_path: Path
-) -> None:
-    for name in ("chelsea", "rocket"):
-        s3.client().put_object(Bucket="inbox", Key=f"photos/{name}.jpg", Body=photo_bytes(name))
-    settings = _settings(
-        tmp_path / "data",
-        spaces={"clip": True, "text": False},
-        ingest={"road": "clip", "ray": {"cpus_per_worker": 0.5, "extract_cpus": 0.5}},
-        blobs={"url": "s3://media/thumbs", "s3": s3.settings()},
-    )
-    report = _index("ray", settings, ["s3://inbox/photos"])
-    assert report.indexed == 2 and report.ok
-    rt = open_runtime(settings)
-    try:
-        (hit,) = rt.retriever().search(image=photo_image("rocket"), k=1)
-        assert hit.path == "s3://inbox/photos/rocket.jpg"
-        assert s3.keys("media", f"thumbs/{hit.thumbnail}") == [f"thumbs/{hit.thumbnail}"]
-    finally:
-        rt.close()
-
-
 def _cluster_idle(wait_s: float = 60.0) -> bool:
     """Every CPU of the cluster free again (actors hand theirs back as they exit)."""
     deadline = time.monotonic() + wait_s
@@ -197,6 +185,41 @@ def _cluster_idle(wait_s: float = 60.0) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def test_mmrag_index_runner_ray_on_a_running_cluster_reads_s3_and_writes_blobs_to_s3(
+    cluster: None, s3: S3Server, tmp_path: Path
+) -> None:
+    """The command as a user types it, joining the cluster by its address (the driver ships its mmrag
+    package to the cluster), with an S3 folder as input and the thumbnails in an S3 blob store."""
+    for name in ("chelsea", "rocket"):
+        s3.client().put_object(Bucket="inbox", Key=f"photos/{name}.jpg", Body=photo_bytes(name))
+    address = ray.get_runtime_context().gcs_address
+    env = {
+        **os.environ,
+        **tiny_clip_env(tmp_path / "data"),
+        "MMRAG_BLOBS__URL": "s3://media/thumbs",
+        "MMRAG_BLOBS__S3__ENDPOINT_URL": s3.endpoint,
+        "MMRAG_INGEST__RAY__CPUS_PER_WORKER": "0.5",
+        "MMRAG_INGEST__RAY__EXTRACT_CPUS": "0.5",
+    }
+    command = ["index", "s3://inbox/photos", "--runner", "ray", "--ray-address", address]
+    done = subprocess.run(
+        [sys.executable, "-m", "mmrag", *command], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "indexed 2 files (2 items)" in done.stderr
+    settings = load_settings(
+        data_dir=tmp_path / "data", blobs={"url": "s3://media/thumbs", "s3": s3.settings()}
+    )
+    rt = open_runtime(settings)
+    try:
+        (hit,) = rt.retriever().search(image=photo_image("rocket"), k=1)
+        assert hit.path == "s3://inbox/photos/rocket.jpg"
+        assert s3.keys("media", f"thumbs/{hit.thumbnail}") == [f"thumbs/{hit.thumbnail}"]
+    finally:
+        rt.close()
+    assert _cluster_idle()  # joined, not started: the cluster stays up, with nothing left running on it
 
 
 class _StopAfterFirstFile(NoProgress):

@@ -132,7 +132,7 @@ def describe(
     for it in images:
         assert it.extracted.image is not None
         by_hash.setdefault(it.extracted.content_hash, fit_for_model(it.extracted.image))
-    results = {h: CaptionResult(text=t) for h, t in known.items() if h in by_hash}
+    results = {h: CaptionResult(text=known[h]) for h in by_hash if h in known}
     todo = [h for h in by_hash if h not in results]
     call = _engine_call(engine, stage)
     fresh: list[Described] = []

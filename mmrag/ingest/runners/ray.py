@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -88,7 +87,6 @@ def ray_cluster(settings: Settings) -> Iterator[Any]:
         yield ray
         return
     cfg = settings.ingest.ray
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster for one run: nobody else calls it
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     if cfg.address:
         import mmrag
@@ -176,10 +174,12 @@ def _store_item(row: dict[str, Any], item: PendingItem) -> None:
     row["vectors"] = pickle.dumps({k: np.asarray(v, dtype=np.float32) for k, v in item.vectors.items()})
 
 
-def to_batch(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+def to_batch(rows: Sequence[Mapping[str, Any]], pixels: bool = True) -> dict[str, np.ndarray]:
+    """Rows as columns; without the pixels once no later stage needs them (they never go to the driver)."""
     return {
         name: np.asarray([row[name] for row in rows], dtype=np.int64 if name in _INT_COLUMNS else object)
         for name in _EMPTY_ROW
+        if pixels or name != "image"
     }
 
 
@@ -226,8 +226,9 @@ class _ModelStage:
     When a batch fails, its files are retried one by one so that only the file at fault fails; errors of
     ours (a misconfigured model) concern every file and stop the run."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, last: bool = False) -> None:
         self.settings = settings
+        self.last = last  # the last model stage: its rows go to the driver, without their pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = from_batch(batch)
@@ -252,7 +253,7 @@ class _ModelStage:
                     log.warning("embedding failed for a file", exc_info=True)
                     for row in group_rows:
                         row["error"] = f"embedding failed: {type(exc).__name__}: {exc}"
-        return to_batch(rows)
+        return to_batch(rows, pixels=not self.last)
 
     def _apply(self, rows: list[dict[str, Any]], items: list[PendingItem]) -> None:
         self.run(items)
@@ -278,8 +279,8 @@ def _chunks(items: Sequence[PendingItem]) -> list[PendingItem]:
 class DescribeStage(_ModelStage):
     """Caption or OCR (`stage`), skipping the images in the cache snapshot."""
 
-    def __init__(self, settings: Settings, stage: str, known: Any) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, stage: str, known: Any, last: bool = False) -> None:
+        super().__init__(settings, last)
         from mmrag.caption.factory import build_captioner, build_ocr
 
         self.stage = stage
@@ -307,8 +308,8 @@ class DescribeStage(_ModelStage):
 
 
 class ClipStage(_ModelStage):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, last: bool = False) -> None:
+        super().__init__(settings, last)
         from mmrag.embed.clip import ClipEmbedder
 
         self.clip = ClipEmbedder(settings.models)
@@ -319,8 +320,8 @@ class ClipStage(_ModelStage):
 
 
 class TextStage(_ModelStage):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, last: bool = False) -> None:
+        super().__init__(settings, last)
         from mmrag.embed.text import TextEmbedder
 
         models = settings.models
@@ -391,7 +392,7 @@ class RayRunner:
         self.collection = collection
         self.document_meta = document_meta or {}
         self.captions = DatabaseCaptionCache(collection.db)
-        self.stage_seconds: dict[str, float] = {}
+        self.execution_stats = ""
 
     def run(
         self, roots: Sequence[Path | str], prune: bool = False, progress: ProgressSink | None = None
@@ -436,22 +437,22 @@ class RayRunner:
             batch_size=1,
             num_cpus=cfg.extract_cpus,
             fn_kwargs={"settings": self.settings},
-            # A task whose worker died is run again. It also keeps extraction out of the model actors:
-            # Ray fuses a task stage into the next actor stage when their remote arguments agree.
-            max_retries=3,
+            # What decoding the largest image allowed takes (RGB). It also keeps extraction out of the model
+            # actors: Ray fuses a task stage into the next actor stage when their resources agree.
+            memory=3 * self.settings.ingest.max_image_pixels,
         )
-        for stage in stages:
+        for position, stage in enumerate(stages, start=1):
             kind, kwargs = self._stage_class(ray, stage.name)
             dataset = dataset.map_batches(
                 kind,
-                fn_constructor_kwargs={"settings": self.settings, **kwargs},
+                fn_constructor_kwargs={"settings": self.settings, "last": position == len(stages), **kwargs},
                 compute=ActorPoolStrategy(size=cfg.workers),
                 batch_size=stage.batch_size,
                 num_cpus=cfg.cpus_per_worker,
                 num_gpus=stage.gpus,
             )
-        dataset = dataset.drop_columns(["image"])
         self._commit_rows(dataset, tasks, report, progress)
+        self.execution_stats = dataset.stats()  # per operator: tasks, actors, time (bench, tests)
 
     def _stage_class(self, ray: Any, name: str) -> tuple[type, dict[str, Any]]:
         if name in ("caption", "ocr"):
