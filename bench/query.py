@@ -7,8 +7,14 @@ mmrag itself makes when it switches layout. Then, per query text:
 
 - floor: the CLIP text tower encodes the query, then FAISS searches the index at the depth the retriever
   asks for (max(3k, 30));
-- full: `Retriever.search(text, k)`: the same two steps, plus the database lookup of every hit and
-  calibrated fusion, which is what `mmrag query` and the service run.
+- full: `Retriever.search(text, k)`: the same two steps, plus the lexical (BM25) list, the database
+  lookup of every hit and calibrated fusion, which is what `mmrag query` and the service run;
+- dense: the same search with the lexical list off (`retrieve.lexical: false`), timed query by query
+  beside `full`, so their ratio is the lexical list's cost in the same run.
+
+Every item holds a caption like the caption road writes ("a photo of a tench, goldfish, great white
+shark": three ImageNet labels drawn at random), indexed for lexical search in the same database: every
+query ("a photo of a ...") shares the word "photo" with every item, the worst case the lexical list meets.
 
 Vectors live only in the index here: the database's copy of each vector (float16, used to repair and
 rebuild indexes) is not written, because no query reads it. The query encoder is open_clip ViT-B-32 with
@@ -29,6 +35,7 @@ import numpy as np
 
 from bench.common import latency_summary, random_clip_checkpoint, rss_bytes, timed
 from mmrag.settings import Settings, load_settings
+from mmrag.store import lexical
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +56,21 @@ def random_unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
     return out
 
 
+def captions(count: int, seed: int = 0) -> list[str]:
+    """What the caption road writes for `count` photos: "a photo of a" and three ImageNet labels."""
+    from mmrag.caption.efficientnet import imagenet_labels
+
+    labels = list(imagenet_labels())
+    rng = random.Random(seed)
+    return [f"a photo of a {', '.join(rng.sample(labels, 3))}" for _ in range(count)]
+
+
 def fill_database(db: Any, collection: str, count: int) -> None:
-    """Documents and items 1..count as mmrag's tables hold them, written with the driver's executemany
-    (the ORM would take minutes at a million rows; what is measured later is reading them)."""
+    """Documents and items 1..count as mmrag's tables hold them, with their captions in the lexical index,
+    written with the driver's executemany (the ORM would take minutes at a million rows; what is measured
+    later is reading them)."""
     stamp = "2025-01-01 00:00:00.000000"
+    texts = captions(count)
     documents = (count + ITEMS_PER_DOCUMENT - 1) // ITEMS_PER_DOCUMENT
     with db.engine.begin() as connection:
         for start in range(0, documents, _ROW_CHUNK):
@@ -68,7 +86,7 @@ def fill_database(db: Any, collection: str, count: int) -> None:
         for start in range(0, count, _ROW_CHUNK):
             connection.exec_driver_sql(
                 "INSERT INTO items (id, document_id, collection, modality, page, bbox, text, thumbnail, "
-                "content_hash, meta, created_at) VALUES (?, ?, ?, ?, ?, '[0, 0, 100, 100]', NULL, ?, ?, "
+                "content_hash, meta, created_at) VALUES (?, ?, ?, ?, ?, '[0, 0, 100, 100]', ?, ?, ?, "
                 "'{}', ?)",
                 [
                     (
@@ -77,10 +95,18 @@ def fill_database(db: Any, collection: str, count: int) -> None:
                         collection,
                         MODALITY,
                         (i - 1) % ITEMS_PER_DOCUMENT + 1,
+                        texts[i - 1],
                         f"thumbnails/{i % 256:02x}/{i:064x}.webp",
                         f"{i:064x}",
                         stamp,
                     )
+                    for i in range(start + 1, min(start + _ROW_CHUNK, count) + 1)
+                ],
+            )
+            connection.exec_driver_sql(
+                f"INSERT INTO {lexical.TABLE} (rowid, text, collection, modality) VALUES (?, ?, ?, ?)",
+                [
+                    (i, texts[i - 1], collection, MODALITY)
                     for i in range(start + 1, min(start + _ROW_CHUNK, count) + 1)
                 ],
             )
@@ -184,23 +210,34 @@ def _measure_layout(
 
     collection = Collection(settings.model_copy(update={"index": index_settings}), db, [encoder])
     collection.indexes[f"{SPACE}.{MODALITY}"] = index
-    retriever = Retriever(collection, [encoder], fusion="calibrated")
-    retriever.search(texts[0], k=k)  # fits the calibration and warms every cache, untimed
+    stages: dict[str, list[float]] = {}
 
-    encode_s, search_s, floor_s, full_s = [], [], [], []
+    def on_stage(stage: str, seconds: float) -> None:
+        stages.setdefault(stage, []).append(seconds)
+
+    retriever = Retriever(collection, [encoder], fusion="calibrated", on_stage=on_stage)
+    dense = Retriever(collection, [encoder], fusion="calibrated", lexical=False)
+    retriever.search(texts[0], k=k)  # fits the calibration and warms every cache, untimed
+    dense.search(texts[0], k=k)
+    stages.clear()
+
+    encode_s, search_s, floor_s, full_s, dense_s = [], [], [], [], []
     returned = 0
-    for text in texts:
+    for number, text in enumerate(texts):
         started = time.perf_counter()
         query = encoder.encode_texts([text])
         encoded = time.perf_counter()
         index.search(query, depth)
         finished = time.perf_counter()
-        hits = retriever.search(text, k=k)
-        full_s.append(time.perf_counter() - finished)
+        for searcher, times in [(retriever, full_s), (dense, dense_s)][:: 1 if number % 2 else -1]:
+            begun = time.perf_counter()  # alternating which goes first: neither always meets warm caches
+            found = searcher.search(text, k=k)
+            times.append(time.perf_counter() - begun)
+            if searcher is retriever:
+                returned += len(found)
         encode_s.append(encoded - started)
         search_s.append(finished - encoded)
         floor_s.append(finished - started)
-        returned += len(hits)
     full, floor = latency_summary(full_s), latency_summary(floor_s)
     return {
         "items": size,
@@ -221,4 +258,7 @@ def _measure_layout(
         "faiss_search": latency_summary(search_s),
         "full_vs_floor_p50": full["p50_ms"] / floor["p50_ms"],
         "full_vs_floor_p99": full["p99_ms"] / floor["p99_ms"],
+        "dense": latency_summary(dense_s),
+        "lexical_stage": latency_summary(stages.get("lexical", [0.0])),  # the BM25 query alone, in `full`
+        "full_vs_dense_p50": full["p50_ms"] / latency_summary(dense_s)["p50_ms"],
     }

@@ -285,12 +285,15 @@ def print_query(rows: list[dict[str, Any]]) -> None:
         "full p99",
         "full/floor p50",
         "full/floor p99",
+        "dense p50",
+        "full/dense p50",
+        "lexical p50",
         "full q/s",
     ):
         table.add_column(column, justify="right")
     for row in rows:
         if "skipped" in row:
-            table.add_row(f"{row['items']:,}", row["layout"], "skipped", "", "", "", "", "", "", "", "", "")
+            table.add_row(f"{row['items']:,}", row["layout"], "skipped", *([""] * 12))
             continue
         floor, full = row["floor"], row["full"]
         table.add_row(
@@ -302,9 +305,12 @@ def print_query(rows: list[dict[str, Any]]) -> None:
             *(f"{part[p]:.1f}" for part in (floor, full) for p in ("p50_ms", "p99_ms")),
             f"{row['full_vs_floor_p50']:.2f}",
             f"{row['full_vs_floor_p99']:.2f}",
+            f"{row['dense']['p50_ms']:.1f}",
+            f"{row['full_vs_dense_p50']:.2f}",
+            f"{row['lexical_stage']['p50_ms']:.1f}",
             f"{full['qps']:.1f}",
         )
-    table.caption = "latencies in ms"
+    table.caption = "latencies in ms; dense: the same search without the lexical list; lexical: its stage"
     console.print(table)
 
 

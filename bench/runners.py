@@ -69,7 +69,7 @@ def _extract_rate(settings: Settings, folder: Path) -> float:
 
     def extract_all() -> None:
         for task in tasks:
-            for _ in extract(task, settings.ingest, blobs):
+            for _ in extract(task, settings, blobs):
                 pass
 
     _, seconds = timed(extract_all)

@@ -263,7 +263,22 @@ def query(
     else:  # piped: one tab-separated line per hit, never wrapped (for grep, cut, less)
         print("rank\tscore\tmodality\tsource\tpage\tmatch")
         for rank, h in enumerate(hits, start=1):
-            print(f"{rank}\t{h.score:.4f}\t{h.modality}\t{_shown(h.path)}\t{h.page or ''}\t{snippet(h.text)}")
+            match = snippet(h.text) + _hit_notes(h)
+            print(f"{rank}\t{h.score:.4f}\t{h.modality}\t{_shown(h.path)}\t{h.page or ''}\t{match}")
+
+
+def _hit_notes(hit: Any) -> str:
+    """What a hit stands for beyond its own text: ' [contents page]', ' [+2 on this page]',
+    ' [also in: report.pdf p.3, copy.jpg]'."""
+    notes = []
+    if hit.list_page:
+        notes.append("contents/index page")
+    if hit.more_on_page:
+        notes.append(f"+{hit.more_on_page} on this page")
+    if hit.also_in:
+        copies = [Path(c["path"]).name + (f" p.{c['page']}" if c["page"] else "") for c in hit.also_in]
+        notes.append("also in: " + ", ".join(copies))
+    return "".join(f" [{note}]" for note in notes)
 
 
 def snippet(text: str | None, limit: int = 120) -> str:
@@ -292,7 +307,7 @@ def _hits_table(hits: list[Any], title: str) -> Table:
     for rank, h in enumerate(hits, start=1):
         where = _shown(h.path) + (f" p.{h.page}" if h.page else "")
         found_by = ", ".join(f"{name}#{r}" for name, r in h.ranks.items())
-        cells = (str(rank), f"{h.score:.3f}", h.modality, where, snippet(h.text), found_by)
+        cells = (str(rank), f"{h.score:.3f}", h.modality, where, snippet(h.text) + _hit_notes(h), found_by)
         table.add_row(*(Text(cell) for cell in cells))  # paths and text are data, never markup
     return table
 
@@ -342,7 +357,10 @@ def ask(
     else:
         if result.text is not None and stream and result.citations_added:
             out.print("\nWith the citations mmrag matched to it:", markup=False)
-        if result.text is not None and (not stream or result.citations_added):
+        if result.fallback is not None:  # the reasons follow on stderr, with the other warnings
+            which = "\nThe answer above" if stream else "The model's answer"
+            out.print(f"{which} failed the quality check; instead, sentences from the sources:", markup=False)
+        if result.text is not None and (not stream or result.citations_added or result.fallback):
             out.print(result.text, markup=False, highlight=False)
         _print_answer_sources(result)
     for warning in result.warnings:
@@ -469,9 +487,56 @@ def _describe_setup(setup: dict[str, Any]) -> str:
         answers += f" {setup['generate.model']}"
     return (
         f"{', '.join(spaces)}; images by the {setup.get('ingest.road')} road; captioner {captioner}"
-        f"{' + OCR' if setup.get('caption.ocr') else ''}; chunks of {setup.get('ingest.chunk_words')} words; "
+        f"{' + OCR' if setup.get('caption.ocr') else ''}; chunks of {_chunk_sizes(setup)} words; "
         f"answers by {answers}"
     )
+
+
+def _chunk_sizes(setup: dict[str, Any]) -> str:
+    clip, text = (
+        setup.get("ingest.chunk_words"),
+        setup.get("ingest.text_chunk_words", setup.get("ingest.chunk_words")),
+    )
+    if not setup.get("spaces.text"):
+        return str(clip)
+    if not setup.get("spaces.clip") or clip == text:
+        return str(text)
+    return f"{clip} (clip) and {text} (text)"
+
+
+@app.command()
+def duplicates(
+    regroup: Annotated[
+        bool, typer.Option(help="Recompute every group from the fingerprints (after a rule change).")
+    ] = False,
+    backfill: Annotated[
+        bool, typer.Option(help="Fingerprint images indexed before fingerprints, from their thumbnails.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """List groups of near-duplicate images: one picture as a file, inside a PDF, resized or re-saved."""
+    from dataclasses import asdict
+
+    from mmrag.retrieve.duplicates import format_groups
+    from mmrag.store import duplicates as store
+
+    try:
+        rt = _runtime(needs_models=False, needs_index=True)
+        name = rt.collection.name
+        if backfill or regroup:
+            with rt.collection.writer():
+                if backfill:
+                    written = store.backfill_fingerprints(rt.db, name, rt.settings.data_dir)
+                    err.print(f"fingerprinted {written} image(s) from their thumbnails")
+                store.regroup(rt.db, name)  # backfilled images join groups only through a regroup
+        groups = store.duplicate_groups(rt.db, name)
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(json.dumps([[asdict(location) for location in group] for group in groups]))
+    else:
+        out.print(format_groups(groups), markup=False, highlight=False)
 
 
 @app.command("eval")
@@ -489,8 +554,7 @@ def evaluate(
         queries = load_qrels(qrels)
         rt = _runtime(needs_index=True, **({"retrieve": {"fusion": fusion}} if fusion else {}))
         retriever = rt.retriever()
-        spaces = sorted({key.partition(".")[0] for key in rt.collection.indexes})
-        rankings = [*spaces, *sorted(rt.collection.indexes)] if per_index else []
+        rankings = _eval_rankings(rt.collection.indexes, retriever.lexical) if per_index else []
         report = run_eval(queries, retriever_search_fn(retriever, queries), per_space=rankings)
         rt.close()
     except MmragError as exc:
@@ -503,9 +567,20 @@ def evaluate(
         )
 
 
+def _eval_rankings(indexes: Any, lexical: bool) -> list[str]:
+    """The rankings `mmrag eval` scores besides the fused one: every embedding space together ("dense",
+    when there are several), each space, each index, and the lexical lists (together, then per modality)."""
+    spaces = sorted({key.partition(".")[0] for key in indexes})
+    modalities = sorted({key.partition(".")[2] for key in indexes})
+    rankings = (["dense"] if len(spaces) > 1 else []) + [*spaces, *sorted(indexes)]
+    if lexical:
+        rankings += ["lexical", *(f"lexical.{m}" for m in modalities)] if len(modalities) > 1 else ["lexical"]
+    return rankings
+
+
 @app.command("make-eval-set")
 def make_eval_set(
-    kind: Annotated[str, typer.Argument(help="photos | digits | lfw | gnuplot")],
+    kind: Annotated[str, typer.Argument(help="photos | digits | lfw | gnuplot | bash")],
     folder: Annotated[
         Path, typer.Argument(help="Where to write the files and their qrels-KIND.jsonl (for `mmrag eval`).")
     ],
@@ -518,6 +593,7 @@ def make_eval_set(
         "digits": datasets.build_digits_set,
         "lfw": datasets.build_lfw_set,
         "gnuplot": datasets.build_pdf_sections_set,  # Debian gnuplot-doc's manual, outline -> page
+        "bash": datasets.build_bash_sections_set,  # Debian bash-doc's reference manual, outline -> page
     }
     if kind not in builders:
         raise _fail(MmragError(f"unknown evaluation set {kind!r}; choose one of {', '.join(builders)}"))

@@ -37,6 +37,7 @@ from mmrag.embed.base import TextEncoder
 from mmrag.errors import IndexCorruptError, MmragError, ModelMismatchError
 from mmrag.index.vector_index import VectorIndex
 from mmrag.settings import Settings
+from mmrag.store import lexical
 from mmrag.store.db import Database
 from mmrag.store.models import CollectionRow, Document, Item, ItemVector, Space
 
@@ -430,6 +431,14 @@ class Collection:
                 ]
                 session.add_all(rows)
                 session.flush()
+                lexical.index_items(  # same transaction: the lexical index never disagrees with the items
+                    session,
+                    self.name,
+                    (
+                        (row.id, it.modality, lexical.lexical_text(it.modality, it.text, it.meta))
+                        for row, it in zip(rows, items, strict=True)
+                    ),
+                )
                 for row, it in zip(rows, items, strict=True):
                     session.add_all(
                         ItemVector(item_id=row.id, space=space, vector=pack_vector(vec))

@@ -32,6 +32,8 @@ FOLLOWED = (
     "ingest.road",
     "ingest.chunk_words",
     "ingest.chunk_overlap_words",
+    "ingest.text_chunk_words",
+    "ingest.text_chunk_overlap_words",
     "ingest.render_pages",
     "ingest.render_dpi",
 )
@@ -80,8 +82,21 @@ def apply_setup(settings: Settings, recorded: dict[str, Any] | None) -> Settings
             + ". Drop those settings (the collection's own are used), or index into another collection "
             "(--collection) or data dir (--data-dir)."
         )
-    updates = {path: value for path, value in recorded.items() if path not in explicit}
+    updates = {path: value for path, value in _with_legacy(recorded).items() if path not in explicit}
     return _with(settings, updates)
+
+
+def _with_legacy(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A record made before a setting existed, read as what that collection did: before the text space
+    had its own chunks (ingest.text_chunk_words), it was chunked like CLIP's."""
+    filled = dict(recorded)
+    for new, old in (
+        ("ingest.text_chunk_words", "ingest.chunk_words"),
+        ("ingest.text_chunk_overlap_words", "ingest.chunk_overlap_words"),
+    ):
+        if new not in filled and old in filled:
+            filled[new] = filled[old]
+    return filled
 
 
 def differences(settings: Settings, recorded: dict[str, Any] | None) -> list[str]:

@@ -67,13 +67,10 @@ class Runtime:
         )
 
     def retriever(self) -> Retriever:
-        from mmrag.retrieve.search import Retriever
+        from mmrag.retrieve.search import retriever_from_settings
 
-        return Retriever(
-            self.collection,
-            self.encoders,
-            fusion=self.settings.retrieve.fusion,
-            captioner=self.captioner if self.clip is None else None,
+        return retriever_from_settings(
+            self.settings, self.collection, self.encoders, self.captioner if self.clip is None else None
         )
 
     def close(self) -> None:

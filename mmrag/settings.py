@@ -96,6 +96,9 @@ class GenerateSettings(_Section):
     max_image_side: int = Field(768, ge=16, le=4096)
     max_image_bytes: int = Field(300_000, ge=1024)  # per image, as encoded JPEG
     attribute_uncited: bool = True  # a reply without citations gets them by matching sentences to sources
+    # A reply that repeats itself, says what no source says, invents code or miscites is replaced by
+    # sentences extracted from the sources (mmrag.generate.quality); false shows every reply as it is.
+    quality_gate: bool = True
     cache_dir: Path | None = None  # de-quantised copies of .gguf models; None = $XDG_CACHE_HOME/mmrag
 
     @model_validator(mode="after")
@@ -146,6 +149,10 @@ class IngestSettings(_Section):
     max_pdf_pages: int = Field(5000, ge=1)
     chunk_words: int = Field(48, ge=8)  # CLIP's text tower reads 77 tokens: ~50 words fit
     chunk_overlap_words: int = Field(8, ge=0)
+    # The text space's chunks: all-MiniLM-L6-v2 reads 256 word pieces. With both spaces active and another
+    # size than chunk_words, text is chunked twice, each chunking embedded in its own space.
+    text_chunk_words: int = Field(160, ge=8)
+    text_chunk_overlap_words: int = Field(32, ge=0)
     save_every_files: int = Field(50, ge=1)  # persist the index this often during a run
     # Which road images take: "clip" (image tower), "caption" (caption/OCR text in the text space), "both".
     road: Literal["clip", "caption", "both"] = "clip"
@@ -155,18 +162,28 @@ class IngestSettings(_Section):
     extract_workers: int = Field(2, ge=1, le=64)  # local runner: threads reading and decoding files
     ray: RaySettings = Field(default_factory=RaySettings)
 
-    @field_validator("chunk_overlap_words")
-    @classmethod
-    def _overlap_below_chunk(cls, v: int, info: Any) -> int:
-        size = info.data.get("chunk_words", 48)
-        if v >= size:
-            raise ValueError(f"chunk_overlap_words ({v}) must be smaller than chunk_words ({size})")
-        return v
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> IngestSettings:
+        for size, overlap in (
+            ("chunk_words", "chunk_overlap_words"),
+            ("text_chunk_words", "text_chunk_overlap_words"),
+        ):
+            words, shared = getattr(self, size), getattr(self, overlap)
+            if shared >= words:
+                raise ValueError(f"{overlap} ({shared}) must be smaller than {size} ({words})")
+        return self
 
 
 class RetrieveSettings(_Section):
     # "calibrated": per-space, per-modality score normalisation fitted on the collection; "rrf": by rank.
     fusion: Literal["calibrated", "rrf", "raw"] = "calibrated"  # raw: max cosine, for comparison only
+    # A BM25 list over the items' words (text chunks, captions, OCR text), fused with the dense lists: it
+    # finds the exact terms (commands, options, identifiers) that embeddings miss.
+    lexical: bool = True
+    # One hit per PDF page (its best chunk shown, the others counted; a text file counts as one page).
+    group_pages: bool = True
+    demote_list_pages: bool = True  # contents and index pages ranked below the pages they list
+    fold_duplicates: bool = True  # one hit per picture; its near-duplicate copies listed as "also in"
     # A sentence-transformers CrossEncoder (hub id or directory) that rereads the top hits after fusion;
     # None (or "off") = no reranking. No cross-encoder weights install from PyPI, so it is off by default.
     rerank: str | None = None

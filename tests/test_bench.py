@@ -150,3 +150,41 @@ def test_bench_quick_runs_every_step_and_writes_json_and_png(tmp_path: Path) -> 
         assert 2048 + 8 <= row["index_file_bytes_per_item"] < 2300
     with Image.open(out / "bench.png") as image:
         assert image.format == "PNG"
+
+
+def test_answers_bench_counts_each_check_and_whether_cited_sources_are_relevant(tmp_path: Path) -> None:
+    from bench.answers import parse_args, record_of, summarise
+    from mmrag.evaluation.qrels import load_qrels, write_qrels
+    from mmrag.generate.answer import Answer, SourceRef
+    from mmrag.generate.quality import FailedCheck
+
+    qrels = write_qrels(
+        tmp_path / "q.jsonl", [{"id": "cat", "text": "a cat", "relevant": [{"path": "cat.jpg"}]}]
+    )
+    [query] = load_qrels(qrels)
+    cat = SourceRef(1, 7, str(tmp_path / "cat.jpg"), None, None, "image", 2.0, None, cited=True)
+    cup = SourceRef(2, 8, str(tmp_path / "cup.jpg"), None, None, "image", 1.0, None)
+    passed = Answer("Which photo shows a cat?", "A tabby cat [1].", "llm", [cat, cup], cited=[1])
+    failed = Answer(
+        "Which photo shows a cat?",
+        "- a photo of a cup [2]",
+        "llm",
+        [
+            SourceRef(1, 7, cat.path, None, None, "image", 2.0, None),
+            SourceRef(**{**vars(cup), "cited": True}),
+        ],
+        cited=[2],
+        quality_issues=[FailedCheck("repetition", "r"), FailedCheck("uncited", "u")],
+        fallback="extractive",
+        rejected_answer="The the the.",
+    )
+    records = [record_of(passed, query, 1.0), record_of(failed, query, 3.0)]
+    assert records[1]["model_answer"] == "The the the." and records[1]["shown"] == "- a photo of a cup [2]"
+
+    summary = summarise(records)
+    assert (summary["questions"], summary["passed"], summary["failed"], summary["fallback"]) == (2, 1, 1, 1)
+    failed = {check: count for check, count in summary["failed_by_check"].items() if count}
+    assert failed == {"repetition": 1, "uncited": 1} and len(summary["failed_by_check"]) == 7
+    assert (summary["passed_cites_relevant"], summary["fallback_cites_relevant"]) == (1, 0)
+    with pytest.raises(SystemExit):
+        parse_args(["--sets", "photos,digits"])

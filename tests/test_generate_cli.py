@@ -4,6 +4,7 @@ tiny CLIP, answered by the OpenAI-compatible stub server running as its own proc
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,9 @@ def ask(stub_url: str, model: str, *args: str, **generate: str):  # type: ignore
         "MMRAG_GENERATE__BASE_URL": stub_url,
         "MMRAG_GENERATE__MODEL": model,
         "MMRAG_GENERATE__MAX_RETRIES": "0",
+        # The replies are canned and the tiny random CLIP ranks sources at random, so the quality gate
+        # would rightly replace most of them; its own test below turns it on.
+        "MMRAG_GENERATE__QUALITY_GATE": "false",
         **{f"MMRAG_GENERATE__{key.upper()}": value for key, value in generate.items()},
     }
     return CliRunner().invoke(app, ["ask", *args], env=env)
@@ -89,6 +93,36 @@ def test_ask_json_has_answer_citations_and_sources(openai_stub: StubServer, libr
     assert cited["cited"] is True
     assert set(cited) >= {"item_id", "path", "page", "bbox", "modality", "score", "thumbnail"}
     assert Path(cited["path"]).is_file()
+
+
+@pytest.mark.parametrize("mode", ["--no-stream", "--stream", "--json"])
+def test_ask_labels_the_extracted_answer_that_replaces_a_failed_one(
+    openai_stub: StubServer, library: Path, mode: str
+) -> None:
+    reply = "The source of the source of the source of the source of the source of the source."
+    model = openai_stub.unique("tagged-reply") + ":" + reply
+    result = ask(openai_stub.base_url, model, QUESTION, "-k", "4", mode, quality_gate="true")
+
+    assert result.exit_code == 0, result.output
+    if mode == "--json":
+        payload = json.loads(result.stdout)
+        assert payload["fallback"] == "extractive" and payload["rejected_answer"] == reply
+        assert [i["check"] for i in payload["quality_issues"]] == ["repetition", "no_content"]
+        assert payload["cited"] and payload["text"].startswith("- ")
+        return
+    answer, _, sources = result.stdout.partition("\nSources:\n")
+    model_part, label, extracted = answer.partition(
+        "failed the quality check; instead, sentences from the sources:"
+    )
+    assert label and model_part.strip() == (
+        f"{reply}\n\nThe answer above" if mode == "--stream" else "The model's answer"
+    )
+    lines = extracted.strip().splitlines()
+    assert 1 <= len(lines) <= 3 and all(line.startswith("- ") for line in lines)
+    cited = {int(n) for n in re.findall(r"\[(\d+)\]", extracted)}
+    marked = {int(line.split()[0].strip("[]")) for line in source_lines(sources) if line.endswith(" cited")}
+    assert cited and cited == marked
+    assert "warning: the model's answer failed the quality check (repetition: " in result.stderr
 
 
 def test_unreachable_generator_exits_3_and_still_prints_the_sources(

@@ -154,6 +154,51 @@ def test_streaming_sends_stream_true_and_pieces_join_to_the_answer(
     assert record["body"]["stream"] is True
 
 
+LOOPING = (
+    "The source of the source of the source of the source of the source of the pad. A kitten sleeps [3]."
+)
+EXTRACTED = [
+    "- Launch photo of DSCOVR on Falcon 9 by SpaceX [1].",
+    "- This is the launch photo of Falcon 9 carrying DSCOVR lifted off from SpaceX's Launch Complex 40 at "
+    "Cape Canaveral Air Force Station, FL [1].",
+]
+
+
+def test_a_reply_that_fails_the_quality_gate_is_replaced_by_cited_sentences_of_the_sources(
+    openai_stub: StubServer, hits: list[Hit], tmp_path: Path
+) -> None:
+    model = openai_stub.unique("tagged-reply") + ":" + LOOPING
+    answer = answerer_for(settings_for(openai_stub.base_url, model, tmp_path)).answer_from_hits(
+        QUESTION, hits
+    )
+    assert answer.ok and answer.fallback == "extractive" and answer.rejected_answer == LOOPING
+    assert [issue.check for issue in answer.quality_issues] == ["repetition", "unsupported", "miscited"]
+    # The sentences of the sources that share words with the question, each cited with its own number.
+    assert answer.text is not None and answer.text.splitlines() == EXTRACTED
+    assert answer.cited == [1] and [s.cited for s in answer.sources] == [True, False, False]
+    assert not answer.citations_added and answer.dropped_citations == []
+    [warning] = answer.warnings
+    assert "failed the quality check (repetition: " in warning and "extracted from the sources" in warning
+
+    off = settings_for(openai_stub.base_url, model, tmp_path, quality_gate=False)
+    shown = answerer_for(off).answer_from_hits(QUESTION, hits)
+    assert shown.text == LOOPING and shown.cited == [3]
+    assert shown.quality_issues == [] and shown.fallback is None and shown.rejected_answer is None
+
+
+def test_a_streamed_reply_that_fails_the_gate_streams_as_is_and_is_replaced_at_the_end(
+    openai_stub: StubServer, hits: list[Hit], tmp_path: Path
+) -> None:
+    model = openai_stub.unique("tagged-reply") + ":" + LOOPING
+    stream = answerer_for(settings_for(openai_stub.base_url, model, tmp_path)).stream_from_hits(
+        QUESTION, hits
+    )
+    assert "".join(stream) == LOOPING
+    answer = stream.answer
+    assert answer.fallback == "extractive" and answer.rejected_answer == LOOPING
+    assert answer.text is not None and answer.text.splitlines() == EXTRACTED
+
+
 def assert_failed_with_sources(answer: Answer, *expected_in_error: str) -> None:
     assert answer.text is None and not answer.ok
     assert answer.error is not None

@@ -33,17 +33,15 @@ def test_extract_needs_no_database_and_ends_every_file(tmp_path: Path, tiny_sett
     def task(path: Path) -> FileTask:
         return FileTask(SourceFile(str(path), str(path), FileKind.IMAGE, path.stat().st_size, 0.0))
 
-    *items, end = extract(task(photos["chelsea"]), tiny_settings.ingest, blobs)
+    *items, end = extract(task(photos["chelsea"]), tiny_settings, blobs)
     assert isinstance(end, FileExtracted) and end.error is None and len(end.content_hash) == 64
     (item,) = items
     assert isinstance(item, PendingItem) and item.thumbnail is not None
     assert blobs.exists(item.thumbnail) and max(item.extracted.image.size) <= 1024  # type: ignore[union-attr]
-    (failed,) = extract(task(tmp_path / "lib" / "broken.jpg"), tiny_settings.ingest, blobs)
+    (failed,) = extract(task(tmp_path / "lib" / "broken.jpg"), tiny_settings, blobs)
     assert isinstance(failed, FileExtracted) and "truncated" in (failed.error or "")
     same = FileTask(task(photos["chelsea"]).file, previous_hash=end.content_hash, previous_id=1)
-    assert list(extract(same, tiny_settings.ingest, blobs)) == [
-        FileExtracted(end.content_hash, unchanged=True)
-    ]
+    assert list(extract(same, tiny_settings, blobs)) == [FileExtracted(end.content_hash, unchanged=True)]
 
 
 def test_files_are_extracted_while_the_model_works(

@@ -149,3 +149,43 @@ def test_heading_prefix_counts_against_the_word_budget(tmp_path: Path) -> None:
     settings = IngestSettings(chunk_words=16, chunk_overlap_words=4)
     for item in extract_text_file(path, settings):
         assert len((item.text or "").split()) <= 16
+
+
+def test_each_space_gets_its_own_chunk_size() -> None:
+    from mmrag.ingest.text import Chunking, chunkings_for
+    from mmrag.settings import SpacesSettings
+
+    ingest = IngestSettings(chunk_words=48, chunk_overlap_words=8, text_chunk_words=160)
+    assert chunkings_for(ingest, SpacesSettings(clip=True, text=False)) == [Chunking(48, 8)]
+    assert chunkings_for(ingest, SpacesSettings(clip=False, text=True)) == [Chunking(160, 32)]
+    assert chunkings_for(ingest, SpacesSettings(clip=True, text=True)) == [
+        Chunking(48, 8, ("clip",)),
+        Chunking(160, 32, ("text",)),
+    ]
+    same = IngestSettings(
+        chunk_words=48, chunk_overlap_words=8, text_chunk_words=48, text_chunk_overlap_words=8
+    )
+    assert chunkings_for(same, SpacesSettings(clip=True, text=True)) == [Chunking(48, 8)]
+    with pytest.raises(ValueError, match="text_chunk_overlap_words"):
+        IngestSettings(text_chunk_words=16, text_chunk_overlap_words=16)
+
+
+def test_two_chunkings_of_one_file_each_name_their_space(tmp_path: Path) -> None:
+    """Both spaces active: CLIP's short chunks and the text space's long ones cover the same words, and the
+    vectoriser embeds each only in its own space."""
+    from mmrag.ingest.text import Chunking
+    from mmrag.ingest.vectorise import PendingItem, _embedded_in
+
+    path = write_markdown(tmp_path / "guide.md")
+    chunkings = [Chunking(24, 6, ("clip",)), Chunking(96, 16, ("text",))]
+    items = list(extract_text_file(path, SETTINGS, chunkings))
+    short = [i for i in items if i.meta["spaces"] == ["clip"]]
+    long = [i for i in items if i.meta["spaces"] == ["text"]]
+    assert len(short) > len(long) > 0 and len(short) + len(long) == len(items)
+    words = {w for i in short for w in _body(i.text or "").split()}
+    assert words == {w for i in long for w in _body(i.text or "").split()}
+    pending = [PendingItem(item, None) for item in items[:1] + long[:1]]
+    assert [_embedded_in(p, "clip") for p in pending] == [True, False]
+    assert [_embedded_in(p, "text") for p in pending] == [False, True]
+    one = list(extract_text_file(path, SETTINGS))  # extraction called without spaces: one chunking for all
+    assert all("spaces" not in i.meta for i in one)

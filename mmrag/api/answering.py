@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 
-from mmrag.api.schemas import AskRequest, AskResponse, SourceOut
+from mmrag.api.schemas import AskRequest, AskResponse, QualityIssueOut, SourceOut
 from mmrag.api.service import CollectionHandle, Service
 
 if TYPE_CHECKING:
@@ -129,7 +129,9 @@ async def _sse(
     service: Service, answers: AnswerService, stream: Any, documents: dict[int, int], start: float
 ) -> AsyncIterator[str]:
     """Events: `sources` (what was retrieved, at once), `token` (each piece of the answer, as JSON
-    {"text": ...}), then `done` with the whole answer as /ask returns it without streaming."""
+    {"text": ...}), then `done` with the whole answer as /ask returns it without streaming. When the
+    streamed reply fails the quality check, `done` says so (`fallback`, `quality_issues`) and its `answer`
+    holds the sentences from the sources that replace the tokens already sent."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     cancelled = threading.Event()
@@ -205,6 +207,9 @@ def ask_response(service: Service, result: Answer, documents: dict[int, int], st
         left_out=[source_out(service, s, documents) for s in result.left_out],
         citations_added=result.citations_added,
         dropped_citations=result.dropped_citations,
+        quality_issues=[QualityIssueOut(check=i.check, reason=i.reason) for i in result.quality_issues],
+        fallback=result.fallback,
+        rejected_answer=result.rejected_answer,
         error=result.error,
         warnings=result.warnings,
         took_ms=round((time.perf_counter() - start) * 1000, 3),

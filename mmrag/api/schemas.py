@@ -276,6 +276,13 @@ class SourceOut(BaseModel):
     image_url: str | None = None
 
 
+class QualityIssueOut(BaseModel):
+    check: str = Field(
+        description="no_content | prompt_echo | repetition | unsupported | invented_code | miscited | uncited"
+    )
+    reason: str
+
+
 class AskResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -304,6 +311,9 @@ class AskResponse(BaseModel):
                     "left_out": [],
                     "citations_added": False,
                     "dropped_citations": [],
+                    "quality_issues": [],
+                    "fallback": None,
+                    "rejected_answer": None,
                     "error": None,
                     "warnings": [],
                     "took_ms": 850.0,
@@ -319,6 +329,15 @@ class AskResponse(BaseModel):
     left_out: list[SourceOut] = Field(description="Retrieved, but not given to the model (and why)")
     citations_added: bool = Field(description="The model cited nothing; mmrag matched sentences to sources")
     dropped_citations: list[int]
+    quality_issues: list[QualityIssueOut] = Field(
+        [], description="The quality checks the model's reply failed (empty: it passed, or the gate is off)"
+    )
+    fallback: str | None = Field(
+        None,
+        description="'extractive': the reply failed the quality check and `answer` holds sentences "
+        "extracted from the sources, each cited by number, instead",
+    )
+    rejected_answer: str | None = Field(None, description="The model's reply, when `fallback` replaced it")
     error: str | None = Field(description="Why generation failed (the sources are still listed)")
     warnings: list[str]
     took_ms: float
@@ -337,6 +356,11 @@ class HitOut(BaseModel):
     ranks: dict[str, int] = Field(description="Rank in each list that found it: 'space:query>modality'")
     scores: dict[str, float] = Field(description="Raw cosine in each list that found it")
     calibrated: dict[str, float] = Field(description="Calibrated z-score in each list (calibrated fusion)")
+    more_on_page: int = Field(0, description="Other items of this page (or text file) that matched")
+    also_in: list[dict[str, Any]] = Field(
+        default_factory=list, description="Other copies of this picture: [{'path': ..., 'page': 3}]"
+    )
+    list_page: bool = Field(False, description="A contents or index page (ranked below the pages it lists)")
     image_url: str | None = Field(None, description="The item's picture, for image and page items")
 
 

@@ -33,7 +33,7 @@ from mmrag.caption.base import Captioner, OcrEngine
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
 from mmrag.embed.clip import ClipEmbedder
-from mmrag.retrieve.search import Hit, Retriever
+from mmrag.retrieve.search import Hit, Retriever, retriever_from_settings
 from mmrag.settings import Settings
 from mmrag.store.db import Database
 from mmrag.store.models import Document, Item, Space
@@ -275,10 +275,10 @@ class Service:
             return handle
 
     def _retriever(self, collection: Collection) -> Retriever:
-        return Retriever(
+        return retriever_from_settings(
+            self.settings,
             collection,
             self.encoders,
-            fusion=self.settings.retrieve.fusion,
             captioner=self.captioner if self.clip is None else None,
             on_stage=self._observe_stage,
         )
@@ -318,7 +318,8 @@ class Service:
             self.warm_calibration(handle)
         spaces = None
         if filters.modalities:
-            spaces = [f"{enc.space}.{m}" for enc in self.encoders for m in filters.modalities]
+            names = [enc.space for enc in self.encoders] + ["lexical"]
+            spaces = [f"{name}.{m}" for name in names for m in filters.modalities]
         largest = max((len(ix) for ix in list(handle.collection.indexes.values())), default=0)
         depth = max(k * 3, 30)
         documents: dict[int, Document] = {}

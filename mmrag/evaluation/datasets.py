@@ -52,12 +52,14 @@ from mmrag.errors import ConfigError, MmragError
 from mmrag.evaluation.qrels import write_qrels
 
 __all__ = [
+    "BASHREF_PDF",
     "GNUPLOT_PDF",
     "PDF_PAGES",
     "PHOTO_NAMES",
     "PHOTO_QUERIES",
     "EvalSetError",
     "OutlineSection",
+    "build_bash_sections_set",
     "build_digits_set",
     "build_lfw_set",
     "build_pdf_sections_set",
@@ -73,6 +75,10 @@ SECTIONS_QRELS = "qrels-sections.jsonl"
 # Debian's gnuplot-doc package installs the gnuplot 5.4 manual here: 311 pages, an outline of 648 entries.
 GNUPLOT_PDF = Path("/usr/share/doc/gnuplot/gnuplot.pdf")
 GNUPLOT_PACKAGE = "gnuplot-doc"
+# Debian's bash-doc: the Bash 5.2 reference manual (texinfo), 196 pages, an outline of 141 entries, its
+# printed page numbers 6 behind the PDF's (front matter), a 4-page contents and a 9-page index.
+BASHREF_PDF = Path("/usr/share/doc/bash/bashref.pdf")
+BASHREF_PACKAGE = "bash-doc"
 
 # Photo name -> hand-typed queries; which files answer them follows from the name (module docstring).
 PHOTO_QUERIES: dict[str, tuple[str, ...]] = {
@@ -280,10 +286,11 @@ def build_pdf_sections_set(
         raise ValueError(f"n_queries must be at least 1 (or None for all), got {n_queries}")
     source = Path(pdf)
     if not source.is_file():
-        if source == GNUPLOT_PDF:
+        package = {GNUPLOT_PDF: GNUPLOT_PACKAGE, BASHREF_PDF: BASHREF_PACKAGE}.get(source)
+        if package is not None:
             raise EvalSetError(
-                f"{source} not found: it comes with Debian's {GNUPLOT_PACKAGE} package "
-                f"(apt-get install {GNUPLOT_PACKAGE}); or pass another PDF that has an outline"
+                f"{source} not found: it comes with Debian's {package} package "
+                f"(apt-get install {package}); or pass another PDF that has an outline"
             )
         raise EvalSetError(f"PDF not found: {source}")
     out_dir = Path(folder) / "pdfs"
@@ -321,6 +328,12 @@ def build_pdf_sections_set(
         for section in candidates
     ]
     return write_qrels(Path(folder) / SECTIONS_QRELS, records)
+
+
+def build_bash_sections_set(folder: Path, n_queries: int | None = 100, seed: int = 0) -> Path:
+    """build_pdf_sections_set on Debian bash-doc's Bash reference manual: a second manual, whose printed
+    page numbers differ from the PDF's."""
+    return build_pdf_sections_set(folder, pdf=BASHREF_PDF, n_queries=n_queries, seed=seed)
 
 
 def _open_outlined_pdf(pdf: Path):  # type: ignore[no-untyped-def]

@@ -7,7 +7,8 @@ fused `Retriever.search`, one embedding space of it, or a fixed table of ranking
     report = run_eval(queries, retriever_search_fn(retriever, queries), per_space=["clip", "text"])
     Console().print(render_report(report))
 
-Each hit is turned into a key: the qrels entry it matched, or a unique "miss" key. Several hits of one
+Each hit is turned into a key: the qrels entry it matched (its own file and page, or those of a copy of
+its picture folded into it, listed in `also_in`), or a unique "miss" key. Several hits of one
 relevant document (three chunks of notes.md) then share one key, and the metrics count a key once, at its
 first position; a hit matching both a page entry and a whole-file entry is credited to an entry not yet
 found, the higher grade first, so a PDF page and its file can both be found by different hits.
@@ -153,6 +154,9 @@ def hits_to_keys(query: Query, hits: Sequence[HitLike]) -> list[Hashable]:
     keys: list[Hashable] = []
     for position, hit in enumerate(hits):
         matched = query.matching_entries(hit.path, hit.page)
+        # copies of a picture folded into this hit are shown with it ("also in: report.pdf p.3")
+        for copy in getattr(hit, "also_in", None) or ():
+            matched += [i for i in query.matching_entries(copy["path"], copy["page"]) if i not in matched]
         if not matched:
             keys.append(("miss", position))
             continue

@@ -7,6 +7,11 @@
 A generator that fails (unreachable server, model that cannot load, empty or malformed reply) does not
 raise: the Answer carries `error` (naming the backend and the cause) and still lists the retrieved sources.
 Retrieval errors do raise, as in `mmrag query`.
+
+A reply that fails the quality gate (`mmrag.generate.quality`: repetition, words or code in no source,
+citations that do not fit, nothing said) is replaced by sentences extracted from the sources, each cited
+with its real number: `fallback == "extractive"`, `quality_issues` says why, and `rejected_answer` keeps
+what the model wrote. `generate.quality_gate: false` turns the gate off.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from mmrag.generate.citations import (
     has_answer_text,
 )
 from mmrag.generate.prompt import Prompt, PromptBuilder, PromptLimits
+from mmrag.generate.quality import FailedCheck, SourceText, check_answer, describe, extractive_answer
 from mmrag.ingest.images import fit_for_model
 from mmrag.retrieve.search import Hit
 from mmrag.settings import GenerateSettings
@@ -86,6 +92,11 @@ class Answer:
     cited: list[int] = field(default_factory=list)
     dropped_citations: list[int] = field(default_factory=list)  # numbers the model cited that name no source
     citations_added: bool = False  # True: the model cited nothing and mmrag matched sentences to sources
+    # Quality gate: the checks the model's reply failed; when any did, `text` holds sentences extracted from
+    # the sources instead ("extractive"), and the reply is kept in `rejected_answer`.
+    quality_issues: list[FailedCheck] = field(default_factory=list)
+    fallback: str | None = None
+    rejected_answer: str | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -294,21 +305,20 @@ class _Run:
                 f"(reply: {reply[:_REPLY_SNIPPET]!r}{'...' if len(reply) > _REPLY_SNIPPET else ''})"
             )
             return
+        sources = self.source_texts()
+        if self.answerer.settings.quality_gate:
+            report = check_answer(checked.text, self.question, sources)
+            answer.quality_issues = report.failed
+            if not report.passed and self.fall_back(checked.text, sources):
+                return
         if checked.dropped:
             answer.warnings.append(
                 "dropped citations of sources that do not exist: "
                 + ", ".join(f"[{n}]" for n in checked.dropped)
             )
-        if (
-            not checked.cited
-            and self.prompt
-            and self.prompt.sources
-            and self.answerer.settings.attribute_uncited
-        ):
+        if not checked.cited and sources and self.answerer.settings.attribute_uncited:
             attributed = attribute_sentences(
-                checked.text,
-                self.question,
-                [(s.number, f"{s.text} {Path(s.hit.path).stem}") for s in self.prompt.sources],
+                checked.text, self.question, [(s.number, s.readable) for s in sources]
             )
             if attributed.cited:
                 checked = CheckedReply(attributed.text, attributed.cited, checked.dropped)
@@ -316,8 +326,40 @@ class _Run:
                 answer.warnings.append(
                     "the model cited no source; mmrag added citations by matching its sentences to sources"
                 )
-        if not checked.cited and self.prompt and self.prompt.sources:
+        if not checked.cited and sources:
             answer.warnings.append("the answer cites no source")
+        self.show(checked)
+
+    def source_texts(self) -> list[SourceText]:
+        if self.prompt is None:
+            return []
+        return [SourceText(s.number, s.text, s.hit.path) for s in self.prompt.sources]
+
+    def fall_back(self, model_text: str, sources: list[SourceText]) -> bool:
+        """Show sentences extracted from the sources instead of the model's reply; False when none can be."""
+        answer = self.answer
+        extracted = extractive_answer(self.question, sources)
+        why = describe(answer.quality_issues)
+        if not extracted.cited:
+            answer.warnings.append(
+                f"the answer failed the quality check ({why}), and no source holds text to show instead"
+            )
+            return False
+        answer.fallback = "extractive"
+        answer.rejected_answer = model_text
+        which = (
+            "sentences extracted from the sources"
+            if extracted.matched
+            else "how the best-ranked sources begin (no sentence of theirs shares a word with the question)"
+        )
+        answer.warnings.append(
+            f"the model's answer failed the quality check ({why}); showing {which} instead"
+        )
+        self.show(extracted)
+        return True
+
+    def show(self, checked: CheckedReply) -> None:
+        answer = self.answer
         answer.text = checked.text
         answer.cited = checked.cited
         answer.dropped_citations = checked.dropped

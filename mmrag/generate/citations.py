@@ -63,6 +63,16 @@ def repeats_a_sentence(text: str) -> bool:
     return False
 
 
+def strip_citations(text: str) -> str:
+    """`text` without its citation brackets."""
+    return _CITATION.sub("", text)
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences and lines of `text`, stripped, empty ones left out."""
+    return [piece.strip() for piece in _SENTENCE_BREAK.split(text)[0::2] if piece.strip()]
+
+
 def has_answer_text(text: str) -> bool:
     """False for replies that are empty once citations and punctuation are taken away."""
     return any(ch.isalnum() for ch in _CITATION.sub("", text))
@@ -107,13 +117,13 @@ def attribute_sentences(
 
     `sources` are (number, text) pairs, best ranked first; ties go to the better ranked source.
     """
-    asked = _content_words(question)
-    source_words = [(number, _content_words(body)) for number, body in sources]
+    asked = content_words(question)
+    source_words = [(number, content_words(body)) for number, body in sources]
     pieces = re.split(r"((?<=[.!?])\s+|\n+)", text)
     cited: list[int] = []
     out: list[str] = []
     for piece in pieces:
-        evidence = _content_words(piece) - asked
+        evidence = content_words(piece) - asked
         best_number, best_score = None, 0.0
         for number, words in source_words:
             if evidence:
@@ -310,7 +320,8 @@ _STOPWORDS = frozenset(
 )
 
 
-def _content_words(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
+    """Lower-cased words of 3+ characters that are not stopwords, plurals made singular ("cats" -> "cat")."""
     words = set()
     for word in re.findall(r"[a-z0-9]+", text.lower()):
         if len(word) < 3 or word in _STOPWORDS:

@@ -15,7 +15,7 @@ the lines of two-column layouts.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +25,9 @@ from PIL import Image
 from mmrag.errors import ExtractionError, MmragError
 from mmrag.ingest.images import WHITE
 from mmrag.ingest.items import BBox, ExtractedItem, Modality, sha256_bytes, sha256_text
+from mmrag.ingest.listpages import LIST_PAGE_KEY, PAGE_LABEL_KEY, page_layout
 from mmrag.ingest.mupdf import pymupdf
-from mmrag.ingest.text import word_windows
+from mmrag.ingest.text import Chunking, default_chunkings, word_windows
 from mmrag.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,16 @@ def pdf_page_count(path: Path) -> int:
         return doc.page_count
 
 
-def extract_pdf(path: Path, settings: IngestSettings) -> Iterator[ExtractedItem]:
-    """Text chunks, rendered pages (settings.render_pages) and embedded images of a PDF, lazily.
+def extract_pdf(
+    path: Path, settings: IngestSettings, chunkings: Sequence[Chunking] | None = None
+) -> Iterator[ExtractedItem]:
+    """Text chunks, rendered pages (settings.render_pages) and embedded images of a PDF, lazily. Text is cut
+    into chunks once per entry of `chunkings` (default: settings.chunk_words for every space).
 
     Raises ExtractionError when the PDF cannot be opened, is encrypted, has no pages or too many, or when
     not one page can be read; a single damaged page or image is skipped with a logged warning.
     """
+    chunkings = list(chunkings or default_chunkings(settings))
     with _open_pdf(path, max_pages=settings.max_pdf_pages) as doc:
         uses: dict[int, _ImageUse] = {}
         failed_pages: list[str] = []
@@ -68,7 +73,7 @@ def extract_pdf(path: Path, settings: IngestSettings) -> Iterator[ExtractedItem]
         for page_index in range(doc.page_count):
             page_number = page_index + 1
             try:
-                page_items = _page_items(doc, page_index, settings, uses)
+                page_items = _page_items(doc, page_index, settings, chunkings, uses)
             except MmragError:
                 raise
             except Exception as exc:
@@ -127,22 +132,42 @@ def _mupdf_warnings_suffix() -> str:
 
 
 def _page_items(
-    doc: pymupdf.Document, page_index: int, settings: IngestSettings, uses: dict[int, _ImageUse]
+    doc: pymupdf.Document,
+    page_index: int,
+    settings: IngestSettings,
+    chunkings: Sequence[Chunking],
+    uses: dict[int, _ImageUse],
 ) -> list[ExtractedItem]:
     """All items of one page (its text chunks and rendered image); records its images in `uses`."""
     page = doc.load_page(page_index)
     page_number = page_index + 1
-    items = _text_chunks(page, page_number, settings)
+    items = [item for chunking in chunkings for item in _text_chunks(page, page_number, chunking)]
     try:
         _record_images(page, page_number, settings, uses)
     except Exception as exc:  # the page's text is kept whatever its images do
         logger.warning("page %d: skipping its images: %s", page_number, exc)
     if settings.render_pages:
         items.append(_render_page(page, page_number, settings))
+    _mark_layout(page, doc.page_count, items)
     return items
 
 
-def _text_chunks(page: pymupdf.Page, page_number: int, settings: IngestSettings) -> list[ExtractedItem]:
+def _mark_layout(page: pymupdf.Page, page_count: int, items: list[ExtractedItem]) -> None:
+    """Note the page's printed number on its items, and on a table of contents or index page the page
+    numbers it lists (mmrag.ingest.listpages)."""
+    try:
+        layout = page_layout(page, page_count)
+    except Exception as exc:  # an odd page layout costs the page its mark, never its text
+        logger.warning("page %d: cannot read its layout: %s", page.number + 1, exc)
+        return
+    for item in items:
+        if layout.label is not None:
+            item.meta[PAGE_LABEL_KEY] = layout.label
+        if layout.points_to is not None:
+            item.meta[LIST_PAGE_KEY] = list(layout.points_to)
+
+
+def _text_chunks(page: pymupdf.Page, page_number: int, chunking: Chunking) -> list[ExtractedItem]:
     words: list[str] = []
     word_blocks: list[int] = []  # index into block_boxes of the block each word came from
     block_boxes: list[BBox] = []
@@ -156,9 +181,7 @@ def _text_chunks(page: pymupdf.Page, page_number: int, settings: IngestSettings)
         words.extend(block_words)
     items: list[ExtractedItem] = []
     page_rect = page.rect
-    for index, window in enumerate(
-        word_windows(len(words), settings.chunk_words, settings.chunk_overlap_words)
-    ):
+    for index, window in enumerate(word_windows(len(words), chunking.words, chunking.overlap)):
         chunk = " ".join(words[window.start : window.stop])
         touched = {word_blocks[i] for i in window}
         items.append(
@@ -168,7 +191,7 @@ def _text_chunks(page: pymupdf.Page, page_number: int, settings: IngestSettings)
                 page=page_number,
                 bbox=_clip(_union(block_boxes[b] for b in touched), page_rect),
                 text=chunk,
-                meta={"chunk": index},
+                meta=chunking.meta({"chunk": index}),
             )
         )
     return items

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from mmrag.blobs import BlobStore, is_s3_url, thumbnail_key
 from mmrag.collection import Collection, NewItem
 from mmrag.errors import ExtractionError
+from mmrag.ingest.dedup import fingerprint_meta
 from mmrag.ingest.discover import (
     DiscoveredFile,
     SkippedFile,
@@ -39,9 +40,10 @@ from mmrag.ingest.discover import (
 )
 from mmrag.ingest.images import extract_image_file, fit_for_model, make_thumbnail, thumbnail_format
 from mmrag.ingest.items import ExtractedItem, FileKind, Modality
-from mmrag.ingest.text import extract_text_file
+from mmrag.ingest.text import chunkings_for, extract_text_file
 from mmrag.ingest.vectorise import PendingItem
 from mmrag.settings import IngestSettings, S3Settings, Settings
+from mmrag.store.duplicates import DuplicateGrouper
 from mmrag.store.models import Document
 
 log = logging.getLogger(__name__)
@@ -219,13 +221,12 @@ def walked_paths(entries: Iterable[FileTask | FileOutcome]) -> set[str]:
 # ---- extract --------------------------------------------------------------------------------------------
 
 
-def extract(
-    task: FileTask, ingest: IngestSettings, blobs: BlobStore, s3: S3Settings | None = None
-) -> Iterator[PendingItem | FileExtracted]:
+def extract(task: FileTask, settings: Settings, blobs: BlobStore) -> Iterator[PendingItem | FileExtracted]:
     """The file's items, lazily (a PDF page at a time), then one FileExtracted. Never raises for a bad
     file: its failure is the FileExtracted's error."""
+    ingest = settings.ingest
     try:
-        with _local_copy(task.file, s3) as path:
+        with _local_copy(task.file, settings.blobs.s3) as path:
             try:
                 content_hash = hash_file(path)
             except ExtractionError as exc:
@@ -236,7 +237,7 @@ def extract(
                 return
             count = 0
             try:
-                for extracted in _items(path, task.file.kind, ingest):
+                for extracted in _items(path, task.file.kind, settings):
                     yield prepare_item(extracted, blobs, ingest.thumbnail_size)
                     count += 1
             except ExtractionError as exc:
@@ -253,23 +254,28 @@ def extract(
         yield FileExtracted("", str(exc))
 
 
-def _items(path: Path, kind: FileKind, ingest: IngestSettings) -> Iterable[ExtractedItem]:
+def _items(path: Path, kind: FileKind, settings: Settings) -> Iterable[ExtractedItem]:
+    ingest = settings.ingest
     if kind is FileKind.IMAGE:
         return extract_image_file(path, ingest)
+    chunkings = chunkings_for(ingest, settings.spaces)
     if kind is FileKind.PDF:
         from mmrag.ingest.pdf import extract_pdf  # PyMuPDF loads in ~1 s: only when there is a PDF
 
-        return extract_pdf(path, ingest)
-    return extract_text_file(path, ingest)
+        return extract_pdf(path, ingest, chunkings)
+    return extract_text_file(path, ingest, chunkings)
 
 
 def prepare_item(extracted: ExtractedItem, blobs: BlobStore, thumbnail_size: int) -> PendingItem:
-    """A thumbnail in the blob store, and pixels bounded for every model (fit_for_model)."""
+    """A thumbnail in the blob store, an image's near-duplicate fingerprint, and pixels bounded for every
+    model (fit_for_model)."""
     thumbnail = None
     if extracted.image is not None:
         thumbnail = thumbnail_key(extracted.content_hash, thumbnail_format())
         image = extracted.image
         blobs.ensure(thumbnail, lambda: make_thumbnail(image, thumbnail_size))
+        if extracted.modality is Modality.IMAGE:  # before resizing: every copy is read at full size
+            extracted.meta.update(fingerprint_meta(extracted.image))
         extracted.image = fit_for_model(extracted.image)
     return PendingItem(extracted, thumbnail)
 
@@ -298,9 +304,11 @@ def commit(
     items: Sequence[PendingItem],
     meta: Mapping[str, Any] | None = None,
     error: str | None = None,
+    duplicates: DuplicateGrouper | None = None,
 ) -> FileOutcome:
     """Store one file: its items in one transaction, or its failure (an earlier good version keeps its
-    items), or, when its bytes are those indexed, its new mtime. `error`: vectorising failed."""
+    items), or, when its bytes are those indexed, its new mtime. `error`: vectorising failed. `duplicates`
+    (one per run) puts the file's images into near-duplicate groups as it commits."""
     file = task.file
     if ended.unchanged:
         if task.previous_id is not None:
@@ -318,7 +326,7 @@ def commit(
         log.warning(
             "%s: %d of %d items could not be embedded", file.path, len(items) - len(new_items), len(items)
         )
-    collection.replace_document(
+    doc_id = collection.replace_document(
         path=file.path,
         path_bytes=file.path_bytes,
         kind=file.kind.value,
@@ -328,6 +336,8 @@ def commit(
         items=new_items,
         meta=dict(meta) if meta is not None else None,
     )
+    if duplicates is not None:
+        duplicates.assign_document(doc_id)
     return FileOutcome(file.path, "indexed", items=len(new_items))
 
 

@@ -1,6 +1,9 @@
 """Plain-text and Markdown files -> word-window chunks that remember the line they start on.
 
-Chunks are sized in words because the CLIP text tower reads 77 tokens: settings.chunk_words (~48) words fit.
+Chunks are sized in words, per embedding space: CLIP's text tower reads 77 tokens, so ingest.chunk_words
+(~48) words fit; the text space's all-MiniLM-L6-v2 reads 256 word pieces, ingest.text_chunk_words (~160).
+With both spaces active and different sizes, text is chunked twice, each chunking embedded in its own space
+(`Chunking`, `chunkings_for`).
 Markdown is split on headings first so a chunk never straddles two sections, and every chunk starts with the
 nearest headings of its section ("Guide > Install"), which is often the best retrieval cue a paragraph has.
 """
@@ -9,13 +12,13 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmrag.errors import ExtractionError
 from mmrag.ingest.items import ExtractedItem, Modality, sha256_text
-from mmrag.settings import IngestSettings
+from mmrag.settings import IngestSettings, SpacesSettings
 
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 HEADING_SEPARATOR = " > "
@@ -26,6 +29,41 @@ _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _LIST_OR_QUOTE = re.compile(r"^ {0,3}([-*+>]|\d+[.)])(\s|$)")
 _IMAGE_OR_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+
+
+SPACES_KEY = "spaces"  # item meta: the spaces a chunk is embedded in, when not every active one
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """One way to cut text: window size and overlap in words, and the spaces its chunks are embedded in
+    (None: every active space)."""
+
+    words: int
+    overlap: int
+    spaces: tuple[str, ...] | None = None
+
+    def meta(self, meta: dict[str, object]) -> dict[str, object]:
+        if self.spaces is not None:
+            meta[SPACES_KEY] = list(self.spaces)
+        return meta
+
+
+def default_chunkings(ingest: IngestSettings) -> list[Chunking]:
+    """One chunking of ingest.chunk_words for every space (extraction called without the spaces known)."""
+    return [Chunking(ingest.chunk_words, ingest.chunk_overlap_words)]
+
+
+def chunkings_for(ingest: IngestSettings, spaces: SpacesSettings) -> list[Chunking]:
+    """How text is cut for the active spaces: CLIP's chunks (ingest.chunk_words) and the text space's
+    (ingest.text_chunk_words); one chunking for both when only one space is active or the sizes agree."""
+    clip = Chunking(ingest.chunk_words, ingest.chunk_overlap_words)
+    text = Chunking(ingest.text_chunk_words, ingest.text_chunk_overlap_words)
+    if not spaces.text:
+        return [clip]
+    if not spaces.clip or clip == text:
+        return [text]
+    return [Chunking(clip.words, clip.overlap, ("clip",)), Chunking(text.words, text.overlap, ("text",))]
 
 
 def word_windows(word_count: int, size: int, overlap: int) -> list[range]:
@@ -86,13 +124,23 @@ def decode_text(data: bytes) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def extract_text_file(path: Path, settings: IngestSettings) -> Iterator[ExtractedItem]:
-    """Chunks of a .txt/.md/.rst file, lazily: the file is streamed, so memory does not grow with its
-    size. An empty or whitespace-only file gives no chunks."""
-    codec = _text_codec(path)
-    lines = _read_lines(path, codec)
-    events = _markdown_events(lines) if path.suffix.lower() in MARKDOWN_SUFFIXES else _plain_events(lines)
-    return _chunk_events(events, settings.chunk_words, settings.chunk_overlap_words)
+def extract_text_file(
+    path: Path, settings: IngestSettings, chunkings: Sequence[Chunking] | None = None
+) -> Iterator[ExtractedItem]:
+    """Chunks of a .txt/.md/.rst file, lazily: the file is streamed (once per chunking), so memory does not
+    grow with its size. An empty or whitespace-only file gives no chunks."""
+    codec = _text_codec(path)  # here, not lazily: an unreadable file fails at the call
+    return _chunked_file(path, codec, list(chunkings or default_chunkings(settings)))
+
+
+def _chunked_file(path: Path, codec: str, chunkings: list[Chunking]) -> Iterator[ExtractedItem]:
+    markdown = path.suffix.lower() in MARKDOWN_SUFFIXES
+    for chunking in chunkings:
+        lines = _read_lines(path, codec)
+        events = _markdown_events(lines) if markdown else _plain_events(lines)
+        for item in _chunk_events(events, chunking.words, chunking.overlap):
+            chunking.meta(item.meta)
+            yield item
 
 
 def _text_codec(path: Path) -> str:

@@ -23,6 +23,7 @@ from mmrag.caption.base import Captioner, CaptionResult, OcrEngine
 from mmrag.embed.base import ImageEncoder, TextEncoder
 from mmrag.ingest.images import fit_for_model
 from mmrag.ingest.items import ExtractedItem, Modality
+from mmrag.ingest.text import SPACES_KEY
 from mmrag.store.captions import cached_captions, store_captions
 from mmrag.store.db import Database
 
@@ -181,13 +182,15 @@ def embed_clip(
     chunks: Sequence[PendingItem],
     timer: StageTimer | None = None,
 ) -> None:
-    """Images through CLIP's image tower, text chunks through its text tower, into the CLIP space."""
+    """Images through CLIP's image tower, text chunks (those cut for it) through its text tower, into the
+    CLIP space."""
     if images:
         _assign(
             images,
             clip.space,
             _timed(timer, "embed_clip", clip.encode_images, [it.extracted.image for it in images]),
         )
+    chunks = [it for it in chunks if _embedded_in(it, clip.space)]
     if chunks:
         _assign(
             chunks,
@@ -202,8 +205,9 @@ def embed_text(
     chunks: Sequence[PendingItem],
     timer: StageTimer | None = None,
 ) -> None:
-    """Text chunks, and the images that have a description, into the text space."""
-    targets = list(chunks) + [it for it in images if it.extracted.meta.get("description")]
+    """Text chunks (those cut for it), and the images that have a description, into the text space."""
+    targets = [it for it in chunks if _embedded_in(it, text.space)]
+    targets += [it for it in images if it.extracted.meta.get("description")]
     if targets:
         texts = [it.extracted.meta.get("description") or it.extracted.text for it in targets]
         _assign(targets, text.space, _timed(timer, "embed_text", text.encode_texts, texts))
@@ -240,3 +244,9 @@ def _timed(timer: StageTimer | None, stage: str, fn: Callable[..., Any], *args: 
 def _assign(items: Sequence[PendingItem], space: str, vectors: np.ndarray) -> None:
     for it, vec in zip(items, vectors, strict=True):
         it.vectors[space] = vec
+
+
+def _embedded_in(item: PendingItem, space: str) -> bool:
+    """A text chunk goes into every active space, unless its chunking names its own (ingest.text.Chunking)."""
+    spaces = item.extracted.meta.get(SPACES_KEY)
+    return spaces is None or space in spaces

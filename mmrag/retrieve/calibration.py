@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 SAMPLE_ITEMS = 2000
 SAMPLE_QUERIES = 64
 REFIT_GROWTH = 0.2  # refit once a space has grown or shrunk by this fraction
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3  # 3: lexical lists
+LEXICAL_BACKGROUND_DEPTH = 1000  # hits per sample query; every other item scores 0 (it shares no word)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Calibration:
 
 
 def _query_texts(collection: Collection, rng: random.Random) -> list[str]:
+    """Generic prompts ("a photo of a tench"), then snippets of the collection's own text."""
     from mmrag.caption.efficientnet import imagenet_labels
 
     labels = list(imagenet_labels())
@@ -120,7 +122,42 @@ def fit_calibration(collection: Collection, encoders: list[TextEncoder], seed: i
                 fitted = _background(image_queries, vectors)
                 if fitted:
                     calib.stats[f"{enc.space}:image>{modality}"] = fitted
+    calib.stats.update(_lexical_backgrounds(collection, texts))
     return calib
+
+
+def _lexical_backgrounds(collection: Collection, texts: list[str]) -> dict[str, tuple[float, float]]:
+    """(mean, std) of BM25 scores for the sample queries against every item with text, an item that shares
+    no word with a query scoring 0; a snippet's own item (its best hit) is left out, as the dense background
+    leaves out a query that is an item. One background for every modality's list: BM25 scores of one index
+    are already comparable (no modality gap), and a per-modality fit would blow up the z-scores of short
+    captions, whose background is narrow."""
+    from mmrag.store import lexical
+
+    snippets_from = SAMPLE_QUERIES // 2
+    with collection.db.session() as session:
+        if not lexical.available(session):
+            return {}
+        counts = dict(
+            session.execute(
+                select(Item.modality, func.count())
+                .where(Item.collection == collection.name, Item.text.is_not(None))
+                .group_by(Item.modality)
+            ).all()
+        )
+        total = squares = 0.0
+        for position, text in enumerate(texts):
+            found = lexical.search(session, collection.name, text, LEXICAL_BACKGROUND_DEPTH, list(counts))
+            for ranked in found.values():
+                scores = [score for _, score in ranked[1 if position >= snippets_from else 0 :]]
+                total += sum(scores)
+                squares += sum(score * score for score in scores)
+    if total <= 0:
+        return {}
+    n = len(texts) * max(sum(int(c) for c in counts.values()), 1)
+    mean = total / n
+    std = max(float(np.sqrt(max(squares / n - mean * mean, 0.0))), 1e-3)
+    return {f"lexical:text>{modality}": (mean, std) for modality in counts}
 
 
 def space_counts(collection: Collection) -> dict[str, int]:

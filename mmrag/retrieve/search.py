@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -14,12 +15,22 @@ from mmrag.caption.base import Captioner
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
 from mmrag.ingest.images import fit_for_model
+from mmrag.ingest.listpages import LIST_PAGE_KEY
 from mmrag.retrieve.calibration import Calibration, load_or_fit
-from mmrag.retrieve.fusion import calibrated_fusion, raw_score_merge, reciprocal_rank_fusion
+from mmrag.retrieve.duplicates import fold_duplicates
+from mmrag.retrieve.fusion import FusedHit, calibrated_fusion, raw_score_merge, reciprocal_rank_fusion
+from mmrag.retrieve.pages import demote_list_pages, group_pages
+from mmrag.retrieve.rerank import Reranker, rerank_hits, reranker_from_settings
+from mmrag.settings import Settings
+from mmrag.store import lexical as lexical_index
+from mmrag.store.duplicates import other_copies
 from mmrag.store.models import Document, Item
 
-StageTimer = Callable[[str, float], None]  # (stage: "embed" | "caption" | "search" | "fuse", seconds)
+# (stage: "embed" | "caption" | "search" | "lexical" | "fuse" | "rerank", seconds)
+StageTimer = Callable[[str, float], None]
 ItemFilter = Callable[[Item, Document], bool]
+LEXICAL = "lexical"  # the lexical list's "space": lists "lexical:text>text", "lexical:text>image", ...
+DENSE = "dense"  # in `spaces`: every embedding space, without the lexical lists
 
 
 @dataclass
@@ -36,6 +47,10 @@ class Hit:
     ranks: dict[str, int] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)  # raw cosine per list
     calibrated: dict[str, float] = field(default_factory=dict)  # z-score per list (calibrated fusion)
+    more_on_page: int = 0  # other items of this PDF page that matched, folded into this hit
+    # other copies of this picture (near-duplicates folded into this hit): {"path": ..., "page": 3 | None}
+    also_in: list[dict[str, Any]] = field(default_factory=list)
+    list_page: bool = False  # a table of contents or index page (ranked below the pages it lists)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -49,6 +64,13 @@ class Retriever:
         fusion: str = "calibrated",
         captioner: Captioner | None = None,
         on_stage: StageTimer | None = None,
+        *,
+        lexical: bool = True,
+        group_pages: bool = True,
+        demote_lists: bool = True,
+        fold_duplicates: bool = True,
+        reranker: Reranker | None = None,
+        rerank_top_n: int = 50,
     ) -> None:
         self.collection = collection
         self.encoders = list(encoders)
@@ -56,6 +78,13 @@ class Retriever:
         self.captioner = captioner  # describes a query image where no space can embed images (caption road)
         self._calibration: Calibration | None = None
         self.on_stage = on_stage  # the service's per-stage latency histograms
+        self.lexical = lexical  # a BM25 list over the items' words, for text queries
+        self.group_pages = group_pages  # one hit per PDF page
+        self.demote_lists = demote_lists  # contents and index pages below the pages they list
+        self.fold_duplicates = fold_duplicates  # one hit per picture, its other copies in `also_in`
+        self.reranker = reranker
+        self.rerank_top_n = rerank_top_n
+        self._common_words = lexical_index.CommonWords()
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -77,13 +106,14 @@ class Retriever:
     def ranked_lists(
         self, text: str | None, image: Image.Image | None, depth: int, spaces: Sequence[str] | None = None
     ) -> dict[str, list[tuple[int, float]]]:
-        """`spaces` restricts the search to spaces ("text") or single indexes ("text.image"); None = all."""
+        """`spaces` restricts the search to spaces ("text", "lexical"), single indexes ("text.image",
+        "lexical.text") or every embedding space ("dense"); None = all."""
         lists: dict[str, list[tuple[int, float]]] = {}
         for enc in self.encoders:
             wanted = [
                 m
                 for m in self.collection.modalities(enc.space)
-                if spaces is None or enc.space in spaces or f"{enc.space}.{m}" in spaces
+                if spaces is None or {enc.space, DENSE, f"{enc.space}.{m}"} & set(spaces)
             ]
             if not wanted:
                 continue
@@ -108,7 +138,22 @@ class Retriever:
                     lists[f"{enc.space}:{kind}>{modality}"] = [
                         (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
                     ]
+        if text and self.lexical:
+            lists.update(self._lexical_lists(text, depth, spaces))
         return lists
+
+    def _lexical_lists(
+        self, text: str, depth: int, spaces: Sequence[str] | None
+    ) -> dict[str, list[tuple[int, float]]]:
+        """BM25 lists, one per modality the collection holds, named like the dense ones."""
+        modalities = sorted({key.partition(".")[2] for key in list(self.collection.indexes)})
+        wanted = [m for m in modalities if spaces is None or {LEXICAL, f"{LEXICAL}.{m}"} & set(spaces)]
+        if not wanted:
+            return {}
+        with self._stage("lexical"), self.collection.db.session() as session:
+            common = (self._common_words, self.collection.generation)
+            found = lexical_index.search(session, self.collection.name, text, depth, wanted, common)
+        return {f"{LEXICAL}:text>{modality}": ranked for modality, ranked in found.items()}
 
     def search(
         self,
@@ -130,27 +175,70 @@ class Retriever:
             self._calibration = None  # looked at again: refitted if the collection grew enough
         if image is not None:
             image = fit_for_model(image)
-        # fuse deeper than k so items ranked lower in one list can still surface
-        depth = max(depth or 0, k * 3, 30)
+        # fuse deeper than k so items ranked lower in one list can still surface, and k pages survive the
+        # grouping of chunks into pages
+        depth = max(depth or 0, k * (5 if self.group_pages else 3), 30)
+        if self.reranker is not None and text:
+            depth = max(depth, self.rerank_top_n)
         lists = self.ranked_lists(text, image, depth, spaces)
         rows = self.collection.items_by_id({i for ranked in lists.values() for i, _ in ranked})
         if item_filter is not None:
             rows = {i: row for i, row in rows.items() if item_filter(*row)}
         # an index entry the database no longer has is never returned
         lists = {name: [(i, s) for i, s in ranked if i in rows] for name, ranked in lists.items()}
+        return self.after_fusion(self.fuse(lists, rows, fusion), rows, text)[:k]
+
+    def fuse(
+        self,
+        lists: dict[str, list[tuple[int, float]]],
+        rows: dict[int, tuple[Item, Document]],
+        fusion: str | None = None,
+    ) -> list[Hit]:
+        """Every candidate of `lists` in one ranking (the stages after fusion regroup and reorder them)."""
         method = fusion or self.fusion
         if method == "calibrated":
             calibration = self.calibration  # fitted on first use: not part of the fuse stage's time
         with self._stage("fuse"):
             if method == "rrf":
-                fused = reciprocal_rank_fusion(lists, k)
+                fused = reciprocal_rank_fusion(lists, len(rows))
             elif method == "raw":
-                fused = raw_score_merge(lists, k)
+                fused = raw_score_merge(lists, len(rows))
             elif method == "calibrated":
                 modality_of = {i: item.modality for i, (item, _) in rows.items()}
-                fused = calibrated_fusion(lists, k, modality_of, calibration.z)
+                fused = calibrated_fusion(lists, len(rows), modality_of, calibration.z)
             else:
                 raise ValueError(f"unknown fusion {method!r}: use calibrated, rrf or raw")
+        return self._hits(fused, rows)
+
+    def after_fusion(
+        self, hits: list[Hit], rows: dict[int, tuple[Item, Document]], text: str | None
+    ) -> list[Hit]:
+        """The stages after fusion, each when switched on: one hit per page, one per picture, the
+        reranker, and contents/index pages below the pages they list."""
+        if self.group_pages:
+            hits = group_pages(hits)
+        if self.fold_duplicates:
+            hits = self._fold_duplicates(hits)
+        if self.reranker is not None and text:
+            with self._stage("rerank"):
+                hits = rerank_hits(self.reranker, text, hits, self.rerank_top_n)
+        if self.demote_lists:
+            hits = demote_list_pages(hits, {i: item.meta or {} for i, (item, _) in rows.items()})
+        return hits
+
+    def _fold_duplicates(self, hits: list[Hit]) -> list[Hit]:
+        """One hit per picture: copies of a better-ranked image are dropped, and named in its `also_in`."""
+        images = [hit.item_id for hit in hits if hit.modality == "image"]
+        copies = other_copies(self.collection.db, self.collection.name, images) if images else {}
+        if not copies:
+            return hits
+        return [
+            replace(folded.hit, also_in=[{"path": copy.path, "page": copy.page} for copy in folded.also_in])
+            for folded in fold_duplicates(hits, copies)
+        ]
+
+    @staticmethod
+    def _hits(fused: Sequence[FusedHit], rows: dict[int, tuple[Item, Document]]) -> list[Hit]:
         hits = []
         for h in fused:
             item, doc = rows[h.item_id]
@@ -167,6 +255,33 @@ class Retriever:
                     ranks=h.ranks,
                     scores=h.scores,
                     calibrated=h.calibrated,
+                    list_page=LIST_PAGE_KEY in (item.meta or {}),
                 )
             )
         return hits
+
+
+def retriever_from_settings(
+    settings: Settings,
+    collection: Collection,
+    encoders: Sequence[TextEncoder],
+    captioner: Captioner | None = None,
+    on_stage: StageTimer | None = None,
+) -> Retriever:
+    """The Retriever `settings.retrieve` describes: fusion, lexical list, pages, duplicates, reranker."""
+    retrieve = settings.retrieve
+    return Retriever(
+        collection,
+        encoders,
+        fusion=retrieve.fusion,
+        captioner=captioner,
+        on_stage=on_stage,
+        lexical=retrieve.lexical,
+        group_pages=retrieve.group_pages,
+        demote_lists=retrieve.demote_list_pages,
+        fold_duplicates=retrieve.fold_duplicates,
+        reranker=reranker_from_settings(
+            retrieve, device=settings.models.device, cache_dir=settings.models.cache_dir
+        ),
+        rerank_top_n=retrieve.rerank_top_n,
+    )

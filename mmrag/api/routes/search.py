@@ -200,6 +200,9 @@ def hit_out(service: Service, found: FoundItem) -> HitOut:
         ranks=hit.ranks,
         scores=hit.scores,
         calibrated=hit.calibrated,
+        more_on_page=hit.more_on_page,
+        also_in=hit.also_in,
+        list_page=hit.list_page,
         image_url=f"/v1/items/{hit.item_id}/image" if hit.modality != "text" else None,
     )
 

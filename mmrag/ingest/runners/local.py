@@ -38,6 +38,7 @@ from mmrag.ingest.stages import (
 )
 from mmrag.ingest.vectorise import PendingItem, Vectoriser
 from mmrag.settings import Settings
+from mmrag.store.duplicates import DuplicateGrouper
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class LocalRunner:
         self.blobs = blobs or open_blob_store(settings)
         self.batch_size = settings.models.batch_size
         self._pending: list[_PendingDoc] = []
+        # near-duplicate groups grow as documents commit (one reading of the collection's groups per run)
+        self._duplicates = DuplicateGrouper(collection.db, collection.name)
 
     # ---- the run --------------------------------------------------------------------------------------
 
@@ -89,7 +92,7 @@ class LocalRunner:
         self._since_save = 0
         ingest = self.settings.ingest
         lookahead = _Lookahead(
-            lambda task: extract(task, ingest, self.blobs, self.settings.blobs.s3),
+            lambda task: extract(task, self.settings, self.blobs),
             workers=ingest.extract_workers,
             depth=max(2, self.batch_size // 2),
         )
@@ -200,6 +203,7 @@ class LocalRunner:
                     doc.items,
                     meta=self.document_meta.get(doc.path),
                     error=doc.error,
+                    duplicates=self._duplicates,
                 )
                 self._since_save += outcome.status == "indexed"
                 self._finish(outcome)

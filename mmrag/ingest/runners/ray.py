@@ -61,6 +61,7 @@ from mmrag.ingest.vectorise import (
     engine_id,
 )
 from mmrag.settings import Settings
+from mmrag.store.duplicates import DuplicateGrouper
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def extract_files(batch: dict[str, np.ndarray], settings: Settings) -> Iterator[
     for index, blob in zip(batch["task"], batch["file"], strict=True):
         task: FileTask = pickle.loads(blob)
         rows: list[dict[str, Any]] = []
-        for seq, event in enumerate(extract(task, settings.ingest, blobs, settings.blobs.s3)):
+        for seq, event in enumerate(extract(task, settings, blobs)):
             if isinstance(event, FileExtracted):
                 rows.append(end_row(int(index), event, seq))  # seq items came before it
                 break
@@ -470,6 +471,7 @@ class RayRunner:
         self, dataset: Any, tasks: list[FileTask], report: IndexReport, progress: ProgressSink
     ) -> None:
         arriving: dict[int, _Arriving] = defaultdict(_Arriving)
+        duplicates = DuplicateGrouper(self.collection.db, self.collection.name)  # one reading per run
         since_save = 0
         batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
         try:
@@ -505,6 +507,7 @@ class RayRunner:
                         [file.items[s] for s in sorted(file.items)],
                         meta=self.document_meta.get(task.file.path),
                         error=file.error,
+                        duplicates=duplicates,
                     )
                     report.add(outcome)
                     progress.file_done(outcome)
