@@ -22,7 +22,7 @@ from sqlalchemy import select
 from mmrag.ingest.runners import make_runner
 from mmrag.ingest.stages import FileOutcome, IndexReport, NoProgress
 from mmrag.runtime import Runtime, open_runtime
-from mmrag.settings import Settings, load_settings
+from mmrag.settings import Settings
 from mmrag.store.db import Database
 from mmrag.store.models import Caption, Document, Item, ItemVector
 from tests.conftest import ASSETS, TINY_CLIP, tiny_clip_env
@@ -209,8 +209,10 @@ def test_mmrag_index_runner_ray_on_a_running_cluster_reads_s3_and_writes_blobs_t
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "indexed 2 files (2 items)" in done.stderr
-    settings = load_settings(
-        data_dir=tmp_path / "data", blobs={"url": "s3://media/thumbs", "s3": s3.settings()}
+    settings = _settings(  # what the command used (tiny_clip_env)
+        tmp_path / "data",
+        spaces={"clip": True, "text": False},
+        blobs={"url": "s3://media/thumbs", "s3": s3.settings()},
     )
     rt = open_runtime(settings)
     try:

@@ -374,12 +374,13 @@ def prune(collection: Collection, roots: Sequence[Path | str], seen: set[str]) -
     gone = [
         doc.id
         for doc in collection.documents()
-        if doc.path not in seen and any(_is_under(doc.path, p) for p in prefixes)
+        if doc.path not in seen and any(is_under(doc.path, p) for p in prefixes)
     ]
     return collection.delete_documents(gone)
 
 
-def _is_under(path: str, root: str) -> bool:
+def is_under(path: str, root: str) -> bool:
+    """`path` is `root` or lies below it (a printable local path, or an s3:// URL)."""
     if is_s3_url(root):
         return path == root or path.startswith(root.rstrip("/") + "/")
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
