@@ -49,10 +49,11 @@ _VECTOR_ROWS = 20_000
 
 
 def write_collection(settings: Any, items: int, dim: int, model_id: str) -> None:
-    """Rows, vectors (the database's copy, so the service's open() finds nothing to repair) and the index."""
+    """Rows, vectors (the database's copy, so the service's open() finds nothing to repair) and the store."""
     from mmrag.collection import pack_vector
-    from mmrag.index.vector_index import VectorIndex
+    from mmrag.index.base import open_store
     from mmrag.store.db import Database
+    from mmrag.store.items import ItemPayload
 
     db = Database(settings.db_url)
     fill_database(db, COLLECTION, items)
@@ -73,9 +74,14 @@ def write_collection(settings: Any, items: int, dim: int, model_id: str) -> None
             "INSERT INTO spaces (collection, name, model_id, dim, created_at) VALUES (?, ?, ?, ?, ?)",
             (COLLECTION, SPACE, model_id, dim, "2025-01-01 00:00:00.000000"),
         )
-    index = VectorIndex.create(f"{SPACE}.{MODALITY}", model_id, dim, settings.index)
-    index.rebuild(ids, vectors)
-    index.save(settings.index_dir(COLLECTION) / f"{SPACE}.{MODALITY}")
+    store = open_store(settings, COLLECTION)  # the configured backend, through the interface
+    key = f"{SPACE}.{MODALITY}"
+    store.ensure(key, model_id, dim)
+    payloads = [ItemPayload(int(i), MODALITY, (int(i) - 1) // 10 + 1, "", {}) for i in ids]
+    store.upsert(key, ids, vectors, payloads if store.filters_payload else [])
+    store.optimise(lambda _key: (ids, vectors))  # FAISS: IVF from index.ivf_min_items, as after a run
+    store.persist(0)
+    store.close()
     db.close()
 
 
@@ -119,7 +125,7 @@ def measure(
             for name, fn in (("in_process", in_process), ("http", over_http)):
                 elapsed = _concurrently(fn, texts, concurrency)
                 concurrent[name].append(len(texts) / elapsed)
-        index = runtime.collection.indexes[f"{SPACE}.{MODALITY}"].manifest.index_type
+        index = runtime.collection.describe()[f"{SPACE}.{MODALITY}"].type
     finally:
         runtime.close()
     return {

@@ -2,8 +2,8 @@
 
 For each collection size N the step writes N items into a real mmrag database (SQLite; one document per
 10 items, as PDFs with several figures would give) and N random unit vectors (the index does not care what
-they mean) into a real `VectorIndex` of each layout, flat and IVF, through `VectorIndex.rebuild`: the call
-mmrag itself makes when it switches layout. Then, per query text:
+they mean) into the FAISS vector store in each layout, flat and IVF (through `optimise`: what mmrag itself
+does when a collection grows past index.ivf_min_items). Then, per query text:
 
 - floor: the CLIP text tower encodes the query, then FAISS searches the index at the depth the retriever
   asks for (max(3k, 30));
@@ -15,6 +15,10 @@ mmrag itself makes when it switches layout. Then, per query text:
 Every item holds a caption like the caption road writes ("a photo of a tench, goldfish, great white
 shark": three ImageNet labels drawn at random), indexed for lexical search in the same database: every
 query ("a photo of a ...") shares the word "photo" with every item, the worst case the lexical list meets.
+
+The text tower runs on each query's real tokens (mmrag.embed.clip_text). At the first size, flat, the
+floor and the full search are also timed with the tower run padded to 77 tokens, as before that change,
+query by query in turn with the trimmed run. The query cache is off: every query here is encoded.
 
 Vectors live only in the index here: the database's copy of each vector (float16, used to repair and
 rebuild indexes) is not written, because no query reads it. The query encoder is open_clip ViT-B-32 with
@@ -135,8 +139,10 @@ def bench_queries(
     from mmrag.store.db import Database
 
     model_id, _ = random_clip_checkpoint()
-    base = load_settings(None, data_dir=work / "query", models={"clip": model_id, "device": "cpu"})
+    models = {"clip": model_id, "device": "cpu", "query_cache_size": 0}  # every query is encoded
+    base = load_settings(None, data_dir=work / "query", models=models)
     encoder = ClipEmbedder(base.models)
+    padded = ClipEmbedder(base.models, trim_text=False)
     if encoder.dim != dim:
         raise ValueError(f"the query encoder gives {encoder.dim}-d vectors, not {dim}")
     texts = query_texts(n_queries)
@@ -162,7 +168,10 @@ def bench_queries(
                     }
                 )
                 continue
-            row = _measure_layout(settings, db, encoder, model_id, layout, ids, vectors, texts, k, depth)
+            before = padded if (size, layout) == (sizes[0], "flat") else None
+            row = _measure_layout(
+                settings, db, encoder, model_id, layout, ids, vectors, texts, k, depth, before
+            )
             row["db_fill_s"] = db_s
             results.append(row)
             log.info("queries at %d items, %s: %s", size, layout, row["full"])
@@ -184,32 +193,39 @@ def _measure_layout(
     texts: list[str],
     k: int,
     depth: int,
+    padded: Any = None,
 ) -> dict[str, Any]:
-    """Build one index layout over (ids, vectors), then time every query's floor and full search."""
+    """Build one index layout over (ids, vectors), then time every query's floor and full search (and
+    with `padded`, the same with the text tower run on 77 tokens, in turn with the trimmed runs)."""
     from mmrag.collection import Collection
-    from mmrag.index.vector_index import VectorIndex
     from mmrag.retrieve.search import Retriever
 
     size, dim = vectors.shape
-    # rebuild() picks the layout by size: move the threshold to either side of this size.
+    key = f"{SPACE}.{MODALITY}"
+    # The store relayouts by size (flat below index.ivf_min_items, IVF above): move the threshold to either
+    # side of this size, then let it rebuild from these vectors, as mmrag does when a collection grows.
     index_settings = settings.index.model_copy(
-        update={"ivf_min_items": 1000 if layout == "ivf" else max(1000, size + 1)}
+        update={"backend": "faiss", "ivf_min_items": 1000 if layout == "ivf" else max(1000, size + 1)}
     )
+    collection = Collection(settings.model_copy(update={"index": index_settings}), db, [encoder])
+    store = collection.store
     gc.collect()
     rss_before = rss_bytes()
-    index = VectorIndex.create(f"{SPACE}.{MODALITY}", model_id, dim, index_settings)
+    store.ensure(key, model_id, dim)
     started = time.perf_counter()
-    index.rebuild(ids, vectors)
+    store.upsert(key, ids, vectors, [])  # the FAISS store keeps no payload
+    if layout == "ivf":  # an empty index has nothing to relayout: fill it flat, then time the IVF rebuild
+        started = time.perf_counter()
+        if store.optimise(lambda _key: (ids, vectors)) != [key]:
+            raise RuntimeError(f"the store did not relayout {key} at {size} items")
     build_s = time.perf_counter() - started
     rss_after = rss_bytes()
-    index_dir = settings.index_dir() / f"{SPACE}.{MODALITY}"
     started = time.perf_counter()
-    index.save(index_dir)
+    store.persist(0)
     save_s = time.perf_counter() - started
-    file_bytes = (index_dir / "index.faiss").stat().st_size
-
-    collection = Collection(settings.model_copy(update={"index": index_settings}), db, [encoder])
-    collection.indexes[f"{SPACE}.{MODALITY}"] = index
+    file_bytes = sum(p.stat().st_size for p in (settings.index_dir() / key).glob("*"))
+    collection.generation = 0
+    collection.dims = {SPACE: dim}
     stages: dict[str, list[float]] = {}
 
     def on_stage(stage: str, seconds: float) -> None:
@@ -217,31 +233,54 @@ def _measure_layout(
 
     retriever = Retriever(collection, [encoder], fusion="calibrated", on_stage=on_stage)
     dense = Retriever(collection, [encoder], fusion="calibrated", lexical=False)
-    retriever.search(texts[0], k=k)  # fits the calibration and warms every cache, untimed
-    dense.search(texts[0], k=k)
+    before = Retriever(collection, [padded], fusion="calibrated") if padded is not None else None
+    for warming in (retriever, dense, before):  # fits the calibration and warms every cache, untimed
+        if warming is not None:
+            warming.search(texts[0], k=k)
     stages.clear()
 
-    encode_s, search_s, floor_s, full_s, dense_s = [], [], [], [], []
+    def floor_of(text: str, enc: Any, into: dict[str, list[float]]) -> None:
+        started = time.perf_counter()
+        query = enc.encode_texts([text])
+        encoded = time.perf_counter()
+        store.search(key, query, depth)
+        finished = time.perf_counter()
+        into["encode"].append(encoded - started)
+        into["search"].append(finished - encoded)
+        into["floor"].append(finished - started)
+
+    def searched(ret: Any, text: str, times: list[float]) -> int:
+        begun = time.perf_counter()
+        found = ret.search(text, k=k)
+        times.append(time.perf_counter() - begun)
+        return len(found)
+
+    now: dict[str, list[float]] = {"full": [], "dense": [], "encode": [], "search": [], "floor": []}
+    then: dict[str, list[float]] = {"full": [], "encode": [], "search": [], "floor": []}
     returned = 0
     for number, text in enumerate(texts):
-        started = time.perf_counter()
-        query = encoder.encode_texts([text])
-        encoded = time.perf_counter()
-        index.search(query, depth)
-        finished = time.perf_counter()
-        for searcher, times in [(retriever, full_s), (dense, dense_s)][:: 1 if number % 2 else -1]:
-            begun = time.perf_counter()  # alternating which goes first: neither always meets warm caches
-            found = searcher.search(text, k=k)
-            times.append(time.perf_counter() - begun)
-            if searcher is retriever:
-                returned += len(found)
-        encode_s.append(encoded - started)
-        search_s.append(finished - encoded)
-        floor_s.append(finished - started)
-    full, floor = latency_summary(full_s), latency_summary(floor_s)
+        floor_of(text, encoder, now)
+        # alternating which goes first: neither always meets warm caches
+        for searcher, times in [(retriever, now["full"]), (dense, now["dense"])][:: 1 if number % 2 else -1]:
+            found = searched(searcher, text, times)
+            returned += found if searcher is retriever else 0
+        if before is not None:  # the padded text tower, query by query in turn with the trimmed one
+            floor_of(text, padded, then)
+            searched(before, text, then["full"])
+    full, floor, dense_summary = (latency_summary(now[key]) for key in ("full", "floor", "dense"))
+    encode_s, search_s = now["encode"], now["search"]
+    padded_row = {}
+    if before is not None:
+        padded_row = {
+            "padded_77_tokens": {
+                "full": latency_summary(then["full"]),
+                "floor": latency_summary(then["floor"]),
+                "encode": latency_summary(then["encode"]),
+            }
+        }
     return {
         "items": size,
-        "layout": index.manifest.index_type,
+        "layout": store.describe(key).type,
         "dim": dim,
         "queries": len(texts),
         "k": k,
@@ -258,7 +297,9 @@ def _measure_layout(
         "faiss_search": latency_summary(search_s),
         "full_vs_floor_p50": full["p50_ms"] / floor["p50_ms"],
         "full_vs_floor_p99": full["p99_ms"] / floor["p99_ms"],
-        "dense": latency_summary(dense_s),
+        "dense": dense_summary,
         "lexical_stage": latency_summary(stages.get("lexical", [0.0])),  # the BM25 query alone, in `full`
-        "full_vs_dense_p50": full["p50_ms"] / latency_summary(dense_s)["p50_ms"],
+        "full_vs_dense_p50": full["p50_ms"] / dense_summary["p50_ms"],
+        "text_tokens": "real" if encoder.trims_text else "padded",
+        **padded_row,
     }

@@ -163,7 +163,9 @@ def bench_runners(
                 _settings(work / f"data-{name}", batch_size, runner="ray", ray=ray_settings), folder
             )
             # What the cluster adds per image, once its actors run: the difference of the two runs.
-            steady = (full["images"] - small["images"]) / max(full["seconds"] - small["seconds"], 1e-9)
+            extra_images, extra_s = full["images"] - small["images"], full["seconds"] - small["seconds"]
+            # A run too small to tell the cluster's fixed cost apart (--quick) measures no steady rate.
+            steady = extra_images / extra_s if extra_images > 0 and extra_s > 0.5 else float("nan")
             runs[name] = {
                 **full,
                 "few_images": small["images"],

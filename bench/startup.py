@@ -5,7 +5,7 @@ changed, and the first `mmrag query`, each a fresh process, wall time (median of
 starting Python and mmrag's CLI costs, not what loading torch and a model costs. The collection is a real
 one: photos and a Markdown guide indexed with the offline profile (no hub).
 
-    python -m bench.startup [--runs 3] [--work DIR]
+    python -m bench --steps startup     (or: python -m bench.startup [--runs 3] [--work DIR])
 """
 
 from __future__ import annotations

@@ -71,6 +71,9 @@ def main(
     ] = None,
     collection: Annotated[str | None, typer.Option(help="Collection to work on.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(min=0, help="torch, FAISS and ONNX Runtime threads (0 = auto).")
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -87,17 +90,21 @@ def main(
         _State.overrides["data_dir"] = data_dir
     if collection is not None:
         _State.overrides["collection"] = collection
+    if threads is not None:
+        _State.overrides["threads"] = threads
 
 
 def _settings(needs_models: bool = True, **extra: Any) -> Settings:
     """The command's settings: the collection's recorded setup under what was given explicitly, and on a
     first run, settings whose models can load here (notes say what was chosen)."""
     from mmrag.runtime import resolve_settings
+    from mmrag.threads import apply_threads
 
     settings, notes = resolve_settings(_State.config, {**_State.overrides, **extra}, needs_models)
     for note in notes:
         err.print("[yellow]note:[/] ", end="")
         err.print(note, markup=False, highlight=False)
+    apply_threads(settings.threads)  # before any model or index loads: OpenMP reads it once
     return settings
 
 
@@ -215,6 +222,7 @@ def index(
         indexer = make_runner(rt.settings.ingest.runner, rt.settings, rt.collection, rt.vectoriser())
         with rt.collection.writer(), Progress(*columns, console=err, transient=False) as progress:
             report = indexer.run(roots, prune, _RichProgress(progress))
+        waiting = rt.collection.waiting()
         rt.close()
     except MmragError as exc:
         raise _fail(exc) from None
@@ -233,7 +241,12 @@ def index(
     if report.interrupted:
         err.print("[yellow]interrupted:[/] what was committed is kept; run the same command again to finish")
         raise typer.Exit(130)
-    if report.failed:
+    if waiting:
+        err.print(
+            f"[yellow]{waiting} items wait for the vector store[/] (it did not acknowledge them; see the "
+            "warnings above): they are in the database and are sent again by the next command that writes"
+        )
+    if report.failed or waiting:
         raise typer.Exit(1)
 
 
@@ -243,16 +256,27 @@ def query(
     image: Annotated[Path | None, typer.Option("--image", help="Find items like this image.")] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            help="Only items that match, KEY=VALUE: modality=image|text|page, document=ID, "
+            "path=FILE-OR-FOLDER, meta.KEY=VALUE (the document's metadata). Repeat it: different keys must "
+            "all match, values of one key are alternatives.",
+        ),
+    ] = None,
 ) -> None:
     """Search the collection with text and/or an image."""
+    from mmrag.filters import Filters
     from mmrag.ingest.images import load_model_image
 
     if not text and image is None:
         raise _fail(ValueError("give a text query, --image PATH, or both"))
     try:
+        filters = Filters.parse(where) if where else None
         rt = _runtime(needs_index=True)
         query_image = load_model_image(image, rt.settings.ingest.max_image_pixels) if image else None
-        hits = rt.retriever().search(text, query_image, k)
+        hits = rt.retriever().search(text, query_image, k, filters=filters)
         rt.close()
     except MmragError as exc:
         raise _fail(exc) from None
@@ -417,39 +441,23 @@ def delete(
 @app.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Counts of documents, items and index entries; failed files and why; how the collection was built."""
+    from mmrag.store import pending
     from mmrag.store.collections import read_setup
+    from mmrag.store.items import modality_counts
 
     try:
         rt = _runtime(needs_models=False, needs_index=True)
         docs = rt.collection.documents()
-        with rt.db.session() as session:
-            from sqlalchemy import func, select
-
-            from mmrag.store.models import Item
-
-            by_modality = dict(
-                session.execute(
-                    select(Item.modality, func.count())
-                    .where(Item.collection == rt.collection.name)
-                    .group_by(Item.modality)
-                ).all()
-            )
+        by_modality = modality_counts(rt.db, rt.collection.name)
         info = {
             "collection": rt.collection.name,
             "data_dir": str(rt.settings.data_dir),
+            "backend": rt.collection.store.kind,
             "documents": sum(d.status == "indexed" for d in docs),
             "failed": [{"path": d.path, "error": d.error} for d in docs if d.status == "failed"],
             "items": by_modality,
-            "indexes": {
-                s: {
-                    "count": len(ix),
-                    "type": ix.manifest.index_type,
-                    "model": ix.manifest.model_id,
-                    "dim": ix.manifest.dim,
-                    "device": ix.device,
-                }
-                for s, ix in rt.collection.indexes.items()
-            },
+            "indexes": {key: vars(described) for key, described in rt.collection.describe().items()},
+            "pending": pending.count(rt.db, rt.collection.name) if rt.collection.store.durable else 0,
             "setup": read_setup(rt.db, rt.collection.name),
         }
         rt.close()
@@ -464,8 +472,12 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for space, ix in info["indexes"].items():
         out.print(
             f"index {space}: {ix['count']} vectors, {ix['type']} on {ix['device']}, "
-            f"{ix['model']} ({ix['dim']}-d)"
+            f"{ix['model']} ({ix['dim']}-d)",
+            markup=False,
+            highlight=False,
         )
+    if info["pending"]:
+        out.print(f"{info['pending']} items wait for the vector store (retried by the next write)")
     if info["setup"]:
         out.print("built with: " + _describe_setup(info["setup"]), markup=False, highlight=False)
     for f in info["failed"]:
@@ -490,6 +502,37 @@ def _describe_setup(setup: dict[str, Any]) -> str:
         f"{' + OCR' if setup.get('caption.ocr') else ''}; chunks of {_chunk_sizes(setup)} words; "
         f"answers by {answers}"
     )
+
+
+@app.command()
+def reindex(
+    to: Annotated[str, typer.Option("--to", help="The vector store to move to: faiss or milvus.")],
+) -> None:
+    """Move the collection's vectors to another vector store (index.backend), from the vectors the database
+    keeps: nothing is embedded again. Later commands on the collection use the new store."""
+    from mmrag.collection_setup import STORE_SETTINGS, setup_of
+    from mmrag.store import pending
+    from mmrag.store.collections import update_setup
+
+    if to not in ("faiss", "milvus"):
+        raise _fail(MmragError(f"--to {to!r}: choose faiss or milvus"))
+    try:
+        # Opening with index.backend=TO fills the new store from the database's vectors (a store that
+        # lags the database is caught up on open); resync does it as the writer if a reader could not.
+        rt = _runtime(needs_models=False, needs_index=True, index={"backend": to})
+        target = rt.collection
+        target.resync()
+        if not target.store.durable:
+            pending.clear(rt.db, target.name)
+        chosen = setup_of(rt.settings)
+        update_setup(rt.db, target.name, {path: chosen[path] for path in STORE_SETTINGS})
+        described = target.describe()
+        rt.close()
+    except MmragError as exc:
+        raise _fail(exc) from None
+    for key, ix in described.items():
+        out.print(f"index {key}: {ix.count} vectors, {ix.type} on {ix.device}", markup=False, highlight=False)
+    err.print(f"collection {target.name!r} now uses index.backend={to}")
 
 
 def _chunk_sizes(setup: dict[str, Any]) -> str:
@@ -554,7 +597,7 @@ def evaluate(
         queries = load_qrels(qrels)
         rt = _runtime(needs_index=True, **({"retrieve": {"fusion": fusion}} if fusion else {}))
         retriever = rt.retriever()
-        rankings = _eval_rankings(rt.collection.indexes, retriever.lexical) if per_index else []
+        rankings = _eval_rankings(rt.collection.index_keys(), retriever.lexical) if per_index else []
         report = run_eval(queries, retriever_search_fn(retriever, queries), per_space=rankings)
         rt.close()
     except MmragError as exc:
@@ -611,8 +654,12 @@ def serve(
 ) -> None:
     """Run the REST service (docs at /docs, schema at /openapi.json). Needs `pip install 'mmrag[serve]'`."""
     # Requests run on a pool of threads, each with its own OpenMP team in torch and FAISS; spinning teams
-    # starve each other on a busy CPU (queries 5-10x slower on 2 cores). Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # starve each other on a busy CPU (queries 5-10x slower on 2 cores). The settings (which apply the
+    # thread count and OMP_WAIT_POLICY=PASSIVE, mmrag.threads) come first: the API's imports load FAISS.
+    try:
+        settings = _settings()  # the default collection's recorded setup; on a first run, models that load
+    except MmragError as exc:
+        raise _fail(exc) from None
     try:
         import uvicorn
 
@@ -620,7 +667,6 @@ def serve(
     except ImportError as exc:
         raise _fail(MmragError(f"the service needs its extras: pip install 'mmrag[serve]' ({exc})")) from None
     try:
-        settings = _settings()  # the default collection's recorded setup; on a first run, models that load
         from mmrag.store.job_queue import check_can_serve
 
         check_can_serve(settings)  # a second writer of a single-writer vector store is refused here

@@ -36,7 +36,16 @@ FOLLOWED = (
     "ingest.text_chunk_overlap_words",
     "ingest.render_pages",
     "ingest.render_dpi",
+    # where the vectors are searched: a collection moved to Milvus stays there (`mmrag reindex --to`)
+    "index.backend",
+    "index.milvus.uri",
+    "index.milvus.db_name",
+    "index.milvus.collection_prefix",
+    "index.milvus.index_type",
+    "index.milvus.index_params",
+    "index.milvus.search_params",
 )
+STORE_SETTINGS = tuple(path for path in FOLLOWED if path.startswith("index."))
 _NEVER_RECORDED = {"caption.api_key", "generate.api_key", "generate.cache_dir"}  # secrets, machine paths
 
 
@@ -171,6 +180,8 @@ def _json(value: Any) -> Any:
         return None
     if isinstance(value, (list, tuple)):
         return [_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json(v) for k, v in value.items()}
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)  # Path
@@ -183,9 +194,11 @@ def _with(settings: Settings, updates: dict[str, Any]) -> Settings:
         return settings
     data = settings.model_dump()
     for path, value in updates.items():
-        section, _, name = path.rpartition(".")
-        target = data[section] if section else data
-        if name in target:
+        *sections, name = path.split(".")
+        target = data
+        for section in sections:
+            target = target.get(section) if isinstance(target, dict) else None  # type: ignore[assignment]
+        if isinstance(target, dict) and name in target:
             target[name] = value
     try:
         return Settings.model_validate(data)

@@ -9,12 +9,11 @@ embeds nothing (stats, delete, an index run where nothing changed) loads none.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmrag.caption.base import Captioner
+from mmrag.caption.base import Captioner, OcrEngine
 from mmrag.collection import Collection, RepairReport
 from mmrag.embed.base import TextEncoder
 from mmrag.embed.clip import ClipEmbedder
@@ -24,21 +23,37 @@ from mmrag.store.db import Database
 if TYPE_CHECKING:  # heavy modules, imported when first used
     from mmrag.generate.backends import Generator
     from mmrag.ingest.vectorise import Vectoriser
-    from mmrag.retrieve.search import Retriever
+    from mmrag.retrieve.search import Retriever, StageTimer
 
 
-@dataclass
 class Runtime:
-    settings: Settings
-    db: Database
-    clip: ClipEmbedder | None
-    text: TextEncoder | None
-    collection: Collection
-    repairs: list[RepairReport] = field(default_factory=list)
+    """The composition root: the one place where settings become a database, models, collections, a
+    retriever, a vectoriser and a generator, for the CLI, the REST service, its ingest worker and the
+    evaluation alike. Models load on first use; collections open on first request."""
+
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.clip, self.text = build_encoders(settings)
+        self.db = db or Database(settings.db_url)
+        self.collection: Collection | None = None  # the command's own collection (open_runtime)
+        self.repairs: list[RepairReport] = []
+        self._opened: list[Collection] = []
 
     @property
     def encoders(self) -> list[TextEncoder]:
         return [enc for enc in (self.clip, self.text) if enc is not None]
+
+    def open_collection(self, name: str | None = None) -> Collection:
+        """A collection, opened: its store agrees with the database (repaired or retried as needed)."""
+        coll = Collection(self.settings, self.db, self.encoders, name=name)
+        try:
+            self.repairs = coll.open()
+        except BaseException:
+            coll.close()
+            raise
+        self._opened.append(coll)
+        return coll
 
     @cached_property
     def captioner(self) -> Captioner | None:
@@ -47,33 +62,50 @@ class Runtime:
         return build_captioner(self.settings)
 
     @cached_property
+    def ocr(self) -> OcrEngine | None:
+        from mmrag.caption.factory import build_ocr
+
+        return build_ocr(self.settings)
+
+    @cached_property
     def generator(self) -> Generator | None:
         from mmrag.generate.backends import build_generator
 
         return build_generator(self.settings)
 
-    def vectoriser(self) -> Vectoriser:
-        from mmrag.caption.factory import build_ocr
+    def vectoriser(self, road: str | None = None) -> Vectoriser:
         from mmrag.ingest.vectorise import Vectoriser
 
         return Vectoriser(
             self.db,
-            self.settings.ingest.road,
+            road or self.settings.ingest.road,
             clip=self.clip,
             text=self.text,
             captioner=self.captioner,
-            ocr=build_ocr(self.settings),
+            ocr=self.ocr,
             caption_batch=self.settings.caption.batch_size,
         )
 
-    def retriever(self) -> Retriever:
+    def retriever(
+        self, collection: Collection | None = None, on_stage: StageTimer | None = None
+    ) -> Retriever:
+        """The retriever `settings.retrieve` describes (fusion, lexical list, pages, duplicates, reranker)."""
         from mmrag.retrieve.search import retriever_from_settings
 
+        target = collection or self.collection
+        assert target is not None, "open a collection first"
         return retriever_from_settings(
-            self.settings, self.collection, self.encoders, self.captioner if self.clip is None else None
+            self.settings,
+            target,
+            self.encoders,
+            captioner=self.captioner if self.clip is None else None,
+            on_stage=on_stage,
         )
 
     def close(self) -> None:
+        for coll in self._opened:
+            coll.close()
+        self._opened.clear()
         self.db.close()
 
 
@@ -130,17 +162,16 @@ def record_setup(rt: Runtime) -> None:
     from mmrag.collection_setup import setup_of
     from mmrag.store.collections import record_setup as record
 
+    assert rt.collection is not None
     record(rt.db, rt.collection.name, setup_of(rt.settings))
 
 
 def open_runtime(settings: Settings, collection: str | None = None) -> Runtime:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    clip, text = build_encoders(settings)
-    db = Database(settings.db_url)
+    """A Runtime with the command's collection opened (`rt.collection`)."""
+    rt = Runtime(settings)
     try:
-        coll = Collection(settings, db, [enc for enc in (clip, text) if enc is not None], name=collection)
-        repairs = coll.open()
+        rt.collection = rt.open_collection(collection)
     except BaseException:
-        db.close()
+        rt.close()
         raise
-    return Runtime(settings, db, clip, text, coll, repairs)
+    return rt

@@ -45,6 +45,10 @@ class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
+    # Threads that prepare images (resize, crop) a batch ahead of CLIP's forward; 0 = auto (half the cores
+    # up to 4 on CPU, up to 8 with a GPU).
+    preprocess_workers: int = Field(0, ge=0, le=64)
+    query_cache_size: int = Field(1024, ge=0)  # recent query embeddings kept per model; 0 = off
     cache_dir: Path | None = None  # where hub weights are cached; None = the library's default
     # The text space's sentence-transformers model; the packaged MiniLM copy is used when installed.
     text: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -197,10 +201,75 @@ class RetrieveSettings(_Section):
         return value.strip()
 
 
+# Index types a Milvus server builds (milvus.io/docs/index-explained.md); GPU_* need a GPU build of Milvus.
+MILVUS_SERVER_INDEX_TYPES = (
+    "AUTOINDEX", "FLAT", "HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ", "IVF_FLAT", "IVF_SQ8", "IVF_PQ",
+    "IVF_RABITQ", "DISKANN", "SCANN", "GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ", "GPU_BRUTE_FORCE",
+)  # fmt: skip
+# What Milvus Lite (a local path) really builds; it accepts the others at create time and builds nothing.
+MILVUS_LITE_INDEX_TYPES = ("AUTOINDEX", "FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8")
+
+
+class MilvusSettings(_Section):
+    """index.backend=milvus: where Milvus is and how it indexes. Durable storage, not a cache."""
+
+    # A local path (Milvus Lite, in-process: one process per path) or http(s)://host:19530 (standalone or
+    # cluster). "" = milvus.db in the data dir. A relative path is taken from the working directory.
+    uri: str = ""
+    token: SecretStr | None = None  # "user:password" or an API key; never recorded with the collection
+    db_name: str = ""  # "" = Milvus's default database
+    collection_prefix: str = Field("mmrag", pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}$")
+    # "" = FLAT on Milvus Lite (exact, as FAISS below index.ivf_min_items: Lite is for tests and small
+    # setups) and AUTOINDEX on a server; or HNSW, IVF_FLAT, ...; GPU_CAGRA where the server has GPUs
+    index_type: str = ""
+    index_params: dict[str, Any] = Field(default_factory=dict)  # e.g. {"M": 16, "efConstruction": 200}
+    search_params: dict[str, Any] = Field(default_factory=dict)  # e.g. {"ef": 64} or {"nprobe": 16}
+    consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    timeout_s: float = Field(60.0, gt=0)  # per call; Milvus Lite flushes inside the upsert that fills it
+
+    @field_validator("uri")
+    @classmethod
+    def _local_path_is_absolute(cls, uri: str) -> str:
+        uri = uri.strip()
+        if uri and "://" not in uri and not uri.startswith("unix:"):
+            return str(Path(uri).expanduser().absolute())  # recorded with the collection: cwd-independent
+        return uri
+
+    @field_validator("index_type")
+    @classmethod
+    def _known_index_type(cls, index_type: str) -> str:
+        index_type = index_type.strip().upper()
+        if index_type and index_type not in MILVUS_SERVER_INDEX_TYPES:
+            raise ValueError(
+                f"unknown Milvus index type {index_type!r}: use one of {', '.join(MILVUS_SERVER_INDEX_TYPES)}"
+            )
+        return index_type
+
+    def index_type_for(self, local: bool) -> str:
+        return self.index_type or ("FLAT" if local else "AUTOINDEX")
+
+    @property
+    def is_local(self) -> bool:
+        """Milvus Lite on a local path (as opposed to a server reached over the network)."""
+        return "://" not in self.uri and not self.uri.startswith("unix:")
+
+
 class IndexSettings(_Section):
+    # Where vectors are searched: faiss (embedded; a cache of the database, rebuilt from it) or milvus
+    # (durable storage, shared by processes and machines). The database keeps every vector either way.
+    backend: Literal["faiss", "milvus"] = "faiss"
     use_gpu: Literal["auto", "never"] = "auto"
-    ivf_min_items: int = Field(100_000, ge=1000)  # below this, exact flat search is fast enough
-    nprobe: int = Field(16, ge=1)
+    ivf_min_items: int = Field(100_000, ge=1000)  # below this, exact flat search; from here, `ann`
+    # The approximate layout from ivf_min_items up: "ivf" (builds in seconds, deletes in place) or "hnsw"
+    # (no training, fast accurate queries, slower to build; removed vectors stay hidden until a rebuild).
+    ann: Literal["ivf", "hnsw"] = "ivf"
+    nprobe: int = Field(
+        0, ge=0
+    )  # IVF lists searched per query; 0 = auto (64: recall@10 >= 0.95, bench/ann.py)
+    hnsw_m: int = Field(32, ge=4, le=256)  # graph links per vector
+    hnsw_ef_construction: int = Field(40, ge=8, le=4096)  # candidates kept while building
+    hnsw_ef_search: int = Field(128, ge=1, le=65536)  # candidates kept while searching; 128: recall@10 ~0.97
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
 
 
 class S3Settings(_Section):
@@ -324,6 +393,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None  # None: SQLite in data_dir; any SQLAlchemy URL otherwise
     collection: str = Field("default", pattern=COLLECTION_NAME_PATTERN)
+    # torch, FAISS and ONNX Runtime threads (mmrag.threads); 0 = auto: one per core up to 8, one core left
+    # free on machines with up to 4.
+    threads: int = Field(0, ge=0, le=1024)
     models: ModelSettings = Field(default_factory=ModelSettings)
     spaces: SpacesSettings = Field(default_factory=SpacesSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
@@ -360,6 +432,10 @@ class Settings(BaseSettings):
 
     def index_dir(self, collection: str | None = None) -> Path:
         return self.data_dir / "indexes" / (collection or self.collection)
+
+    @property
+    def milvus_uri(self) -> str:
+        return self.index.milvus.uri or str((self.data_dir / "milvus.db").absolute())
 
     @property
     def thumbnail_dir(self) -> Path:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite on SQLite, then the database-facing tests again on a real
-# PostgreSQL server. Extra arguments go to pytest; they replace the PostgreSQL run's file list, and that run
+# Set up (if needed) and run the whole test suite on SQLite, then the end-to-end tests with Milvus Lite as the
+# vector store, then the database-facing tests again on a real PostgreSQL server. Extra arguments go to pytest; they replace the PostgreSQL run's file list, and that run
 # happens with arguments only when MMRAG_TEST_POSTGRES=1. MMRAG_TEST_POSTGRES=0 skips it; CI (CI=true)
 # always runs it.
 set -euo pipefail
@@ -24,8 +24,21 @@ if [ $# -eq 0 ] || [[ "$*" == *test_web* ]]; then
       "!!!!!!!! (apt-get install chromium, or run this script as root). CI runs them." >&2
   fi
 fi
-unset MMRAG_DATABASE_URL MMRAG_TEST_POSTGRES_URL  # never the developer's own database
+unset MMRAG_DATABASE_URL MMRAG_TEST_POSTGRES_URL MMRAG_TEST_BACKEND  # never the developer's own database
 .venv/bin/python -m pytest -q "$@"
+
+# ---- the end-to-end tests again with their vectors in Milvus Lite (the conformance suite,
+# tests/test_vector_store.py, ran on FAISS and Milvus Lite above). MMRAG_TEST_MILVUS=0 skips it; with
+# arguments it runs them on Milvus only when MMRAG_TEST_MILVUS=1; CI always runs it.
+if [ "${MMRAG_TEST_MILVUS:-}" != 0 ] && { [ $# -eq 0 ] || [ "${MMRAG_TEST_MILVUS:-}" = 1 ]; }; then
+  if [ $# -eq 0 ]; then
+    milvus_tests=(tests/test_cli_e2e.py tests/test_api.py tests/test_crash.py tests/test_pipeline.py)
+  else
+    milvus_tests=("$@")
+  fi
+  echo "---- on Milvus Lite: ${milvus_tests[*]}" >&2
+  MMRAG_TEST_BACKEND=milvus .venv/bin/python -m pytest -q "${milvus_tests[@]}"
+fi
 
 # ---- the same again on PostgreSQL (scripts/postgres.sh: a throwaway server; each test its own database)
 if [ "${CI:-}" != true ]; then

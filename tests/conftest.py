@@ -44,6 +44,13 @@ TINY_CLIP = tiny_clip_id()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The vector store the end-to-end tests run on: MMRAG_TEST_BACKEND=milvus runs them on Milvus Lite (a path in
+# each test's data dir), in this process and in every `mmrag` process they start (scripts/test.sh does a
+# second, targeted pass). The conformance suite (test_vector_store.py) runs on every backend regardless.
+TEST_BACKEND = os.environ.get("MMRAG_TEST_BACKEND", "faiss")
+if TEST_BACKEND != "faiss":
+    os.environ["MMRAG_INDEX__BACKEND"] = TEST_BACKEND
+
 
 def tiny_clip_env(data_dir: Path) -> dict[str, str]:
     """Environment that points a `mmrag` process at the tiny CLIP and a private data dir."""

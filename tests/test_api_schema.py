@@ -35,8 +35,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
                 client, "default", [("chelsea.jpg", photo_bytes("chelsea")), ("note.md", b"# Note\n\ncats\n")]
             )
             # the item the item routes are tested with, where the generated deletes (of "default"'s
-            # documents 1, 2, ...) do not reach it
-            ingest(client, "kept", [("coffee.jpg", photo_bytes("coffee")), ("figure.pdf", _pdf_of("coffee"))])
+            # documents 1, 2, ...) do not reach it; the PDF shows another photo (copies of one picture
+            # would be folded into one hit)
+            kept = [("coffee.jpg", photo_bytes("coffee")), ("figure.pdf", _pdf_of("astronaut"))]
+            ingest(client, "kept", kept)
         yield running
 
 

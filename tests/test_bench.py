@@ -14,9 +14,11 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from bench.ann import nearest_neighbour_distance, recall_at_k, tile_with_noise
 from bench.plot import plot_results
 from bench.query import ITEMS_PER_DOCUMENT, fill_database, query_texts, random_unit_vectors
 from bench.run import parse_args
+from bench.threads import default_counts
 from mmrag.collection import Collection
 from mmrag.ingest.mupdf import pymupdf
 from mmrag.settings import load_settings
@@ -59,11 +61,41 @@ def test_query_texts_are_distinct_prompts() -> None:
 def test_parse_args_defaults_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     full = parse_args([])
     assert full.sizes == [10_000, 100_000, 1_000_000] and full.queries == 100 and full.pdf_pages is None
+    assert full.ann_sizes == [100_000, 1_000_000] and full.rounds == 3 and full.threads == 0
     quick = parse_args(["--quick", "--pdf-pages", "3-5", "--sizes", "1000"])
     assert quick.sizes == [1000] and quick.queries == 5 and quick.pdf_pages == (3, 5)
+    assert quick.ann_sizes == [2000, 5000] and quick.rounds == 1
+    assert parse_args(["--gpu", "--threads", "4"]).gpu is True
     with pytest.raises(SystemExit):
         parse_args(["--steps", "query,gpu"])
     assert "unknown step" in capsys.readouterr().err
+
+
+def test_tiling_keeps_the_originals_and_puts_each_copy_near_its_source() -> None:
+    base = random_unit_vectors(50, 16, seed=1)
+    tiled = tile_with_noise(base, 1000, noise=0.3, seed=2)
+    assert tiled.shape == (1000, 16) and tiled.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(tiled, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(tiled[:50], base, atol=1e-6)
+    similarity = tiled[50:] @ base.T  # each copy's closest original is the one it was made from
+    np.testing.assert_array_equal(similarity.argmax(axis=1), np.arange(50, 1000) % 50)
+    assert 0.9 < float(np.mean(similarity.max(axis=1))) < 0.99  # noise of length 0.3: cosine ~0.96
+    np.testing.assert_array_equal(tiled, tile_with_noise(base, 1000, noise=0.3, seed=2))
+
+
+def test_nearest_neighbour_distance_and_recall() -> None:
+    pairs = np.repeat(random_unit_vectors(20, 8, seed=3), 2, axis=0)  # every vector has a twin
+    assert nearest_neighbour_distance(pairs) == pytest.approx(0.0, abs=1e-3)
+    spread = np.eye(8, dtype=np.float32)  # orthogonal: nearest other vector at sqrt(2)
+    assert nearest_neighbour_distance(spread) == pytest.approx(2**0.5, abs=1e-4)
+    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])  # order does not matter; -1 is a missing hit
+    assert recall_at_k(found, exact, k=4) == pytest.approx((2 + 4) / 8)
+
+
+def test_thread_counts_double_up_to_the_cores() -> None:
+    assert default_counts(1) == [1] and default_counts(2) == [1, 2]
+    assert default_counts(16) == [1, 2, 4, 8, 16] and default_counts(12) == [1, 2, 4, 8, 12]
 
 
 def _latency(p50: float) -> dict[str, float]:
@@ -148,8 +180,54 @@ def test_bench_quick_runs_every_step_and_writes_json_and_png(tmp_path: Path) -> 
         assert row["full"]["p50_ms"] > 0 and row["floor"]["p99_ms"] >= row["floor"]["p50_ms"]
         # 512 float32 per vector plus its 64-bit id, and a little IVF bookkeeping.
         assert 2048 + 8 <= row["index_file_bytes_per_item"] < 2300
+    first = rows[(2000, "flat")]  # the token trim's before and after, timed query by query in turn
+    assert first["text_tokens"] == "real" and first["padded_77_tokens"]["encode"]["p50_ms"] > 0
+    assert "padded_77_tokens" not in rows[(5000, "flat")]
+    assert "token trim at 2,000 items" in run.stdout
+
+    ann = results["ann"]
+    assert ann["corpus"]["chunks"] >= 3 and ann["corpus"]["dim"] == 384  # the PDF's own MiniLM vectors
+    layouts = {(row["items"], row["layout"][:3]) for row in ann["rows"]}
+    assert layouts == {(2000, "ivf"), (2000, "hns"), (5000, "ivf"), (5000, "hns")}
+    for row in ann["rows"]:
+        assert 0.0 <= row["recall_at_k"] <= 1.0 and row["build_s"] > 0
+        assert row["search"]["p50_ms"] > 0 and row["exact_search"]["p50_ms"] > 0
+    assert [row["threads"] for row in results["threads"]["rows"]] == [1, 2]
+
+    stores = {row["backend"]: row for row in results["stores"]}
+    assert set(stores) == {"faiss", "milvus"} and all(row["items"] == 2000 for row in stores.values())
+    for row in stores.values():
+        assert row["insert_items_per_s"] > 0 and row["query"]["selective"]["p99_ms"] > 0
+        # 10 documents (100 items) and one folder of 100 (20 items at 2000): the filters are pushed into the
+        # search, so every item that matches comes back, up to the depth of 30
+        assert row["mean_hits"] == {"none": 30, "selective": 30, "broad": 20}
+    assert stores["faiss"]["recall_at_10"] == 1.0 and stores["milvus"]["recall_at_10"] > 0.9
+    assert "Vector stores" in run.stdout
     with Image.open(out / "bench.png") as image:
         assert image.format == "PNG"
+
+
+@pytest.mark.slow
+def test_gpu_run_has_a_quick_cpu_path_through_the_same_code(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--gpu", "--quick", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())["gpu"]
+    assert result["device"] == "cpu"
+    clip = result["clip"]
+    assert clip["images"] == 8 and clip["tensor_preprocessing"] is True
+    assert set(clip["images_per_s"]) == {"pipeline", "bare_forward", "prepare_only", "old_pil_path"}
+    assert clip["pipeline_vs_bare_forward"] == pytest.approx(
+        clip["images_per_s"]["pipeline"] / clip["images_per_s"]["bare_forward"]
+    )
+    layouts = [(row["layout"][:3], row["device"]) for row in result["faiss"]["rows"]]
+    assert layouts == [("fla", "cpu"), ("fla", "cpu"), ("ivf", "cpu"), ("ivf", "cpu")]
+    assert "GPU run on cpu" in run.stdout and "FAISS at 5,000 x 512" in run.stdout
 
 
 def test_answers_bench_counts_each_check_and_whether_cited_sources_are_relevant(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def mmrag(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **tiny_clip_env(data_dir), **(extra_env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "mmrag", *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "mmrag", *args], env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -81,8 +81,15 @@ def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None
     assert info["items"]["image"] == 4 + 2  # the PDF's cat is used twice but stored once
     assert info["items"]["text"] >= 3
 
-    # an image query finds the identical photo: the file and the picture inside the PDF
-    res = mmrag(data, "query", "--image", str(library / "photos" / "chelsea.jpg"), "-k", "3", "--json")
+    # an image query finds the identical photo: the file and the picture inside the PDF, one hit naming the
+    # other copy ("also in"); with the copies unfolded, both, the PDF's with its page and box
+    query = ["query", "--image", str(library / "photos" / "chelsea.jpg"), "-k", "3", "--json"]
+    res = mmrag(data, *query)
+    assert res.returncode == 0, res.stderr
+    top = json.loads(res.stdout)[0]
+    copies = {(Path(h["path"]).name, h["page"]) for h in [top, *top["also_in"]]}
+    assert copies == {("chelsea.jpg", None), ("report.pdf", 1)} and top["scores"]["clip:image>image"] > 0.99
+    res = mmrag(data, *query, extra_env={"MMRAG_RETRIEVE__FOLD_DUPLICATES": "false"})
     assert res.returncode == 0, res.stderr
     hits = json.loads(res.stdout)
     top_two = {(Path(h["path"]).name, h["page"]) for h in hits[:2]}
@@ -97,7 +104,8 @@ def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr
     hits = json.loads(res.stdout)
     assert {h["modality"] for h in hits} == {"image", "text"}
-    assert {Path(h["path"]).name for h in hits} >= {"report.pdf", "notes.md", "rocket.jpg"}
+    found = {Path(c["path"]).name for h in hits for c in [h, *h["also_in"]]}  # a folded copy is named
+    assert found >= {"report.pdf", "notes.md", "rocket.jpg"}
     # piped (not a terminal): a header and one tab-separated line per hit, paths whole, the matched text
     res = mmrag(data, "query", "a rocket on the launch pad", "-k", "5", extra_env={"COLUMNS": "40"})
     assert res.returncode == 0, res.stderr
@@ -247,3 +255,58 @@ def _document_paths(data_dir: Path) -> list[str]:
 def _texts_of(data_dir: Path, name: str) -> list[str]:
     rows = _query(data_dir, "select i.text, d.path from items i join documents d on d.id = i.document_id")
     return [t for t, p in rows if p.endswith(name) and t]
+
+
+def _mmrag_recorded(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`mmrag` with no vector store in the environment: the collection's recorded backend is used."""
+    env = {**os.environ, **tiny_clip_env(data_dir)}
+    env.pop("MMRAG_INDEX__BACKEND", None)
+    return subprocess.run(
+        [sys.executable, "-m", "mmrag", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_query_filters_and_moving_the_collection_to_another_store(library: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    res = mmrag(data, "index", str(library))
+    assert "indexed 6 files" in res.stderr, res.stderr
+    first = stats(data)["backend"]
+    other = "faiss" if first == "milvus" else "milvus"
+
+    def query(*where: str, k: int = 50) -> list[dict]:
+        args = ["query", "a rocket on the launch pad", "-k", str(k), "--json"]
+        res = _mmrag_recorded(data, *args, *[f"--where={w}" for w in where])
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+    everything = query()
+    photos = query(f"path={library / 'photos'}")
+    assert photos and {Path(h["path"]).parent for h in photos} == {library / "photos"}
+    assert len(photos) == 4  # every photo, though the text chunks outrank them in the unfiltered list
+    pdf_text = query(f"path={library / 'docs' / 'report.pdf'}", "modality=text", k=2)
+    assert len(pdf_text) == 2 and {(Path(h["path"]).name, h["modality"]) for h in pdf_text} == {
+        ("report.pdf", "text")
+    }
+    either = query("modality=image", "modality=page")
+    assert {h["modality"] for h in either} == {"image"}
+    bad = _mmrag_recorded(data, "query", "x", "--where", "colour=red")
+    assert bad.returncode == 2 and "unknown filter 'colour'" in bad.stderr and "Traceback" not in bad.stderr
+
+    # move the vectors to the other store: nothing embedded again, same answers, later commands follow
+    moved = _mmrag_recorded(data, "reindex", "--to", other)
+    assert moved.returncode == 0, moved.stderr
+    assert f"now uses index.backend={other}" in moved.stderr
+    info = json.loads(_mmrag_recorded(data, "stats", "--json").stdout)
+    assert info["backend"] == other and info["setup"]["index.backend"] == other
+    for key, index in info["indexes"].items():
+        assert index["count"] == info["items"][key.partition(".")[2]] and index["backend"] == other
+    after = query()  # every item (k=50 is more than the library holds), with the same raw scores
+    raw = {h["item_id"]: h["scores"] for h in everything}
+    assert {h["item_id"] for h in after} == set(raw)
+    for hit in after:  # float16 storage: a store filled from the database scores within 1e-3
+        for name, score in hit["scores"].items():
+            assert score == pytest.approx(raw[hit["item_id"]][name], abs=2e-3)
+    assert len(query(f"path={library / 'photos'}")) == 4
+    back = _mmrag_recorded(data, "reindex", "--to", first)
+    assert back.returncode == 0, back.stderr
+    assert json.loads(_mmrag_recorded(data, "stats", "--json").stdout)["backend"] == first

@@ -55,7 +55,7 @@ def _db_item_count(db: Database) -> int:
 def test_replace_document_swaps_items_and_index_entries(tiny_settings: Settings) -> None:
     coll, db = _open(tiny_settings)
     vectors = _add_docs(coll, 3, 4)
-    assert len(coll.indexes["clip.text"]) == 12 == _db_item_count(db)
+    assert coll.store.count("clip.text") == 12 == _db_item_count(db)
     # the stored vector finds its own item first
     scores, ids = coll.search("clip", "text", vectors[5], 1)
     item, doc = coll.items_by_id(ids[0])[int(ids[0][0])]
@@ -70,8 +70,8 @@ def test_replace_document_swaps_items_and_index_entries(tiny_settings: Settings)
         mtime=2.0,
         items=[NewItem(modality="text", content_hash="new", text="v2", vectors={"clip": new_vec})],
     )
-    assert len(coll.indexes["clip.text"]) == 9 == _db_item_count(db)
-    indexed = coll.items_by_id(coll.indexes["clip.text"].ids()).values()
+    assert coll.store.count("clip.text") == 9 == _db_item_count(db)
+    indexed = coll.items_by_id(coll.store.ids("clip.text")).values()
     assert sorted(item.text for item, doc in indexed if doc.path == "/docs/1.txt") == ["v2"]
     db.close()
 
@@ -79,10 +79,10 @@ def test_replace_document_swaps_items_and_index_entries(tiny_settings: Settings)
 def test_deleted_ids_are_never_reused(tiny_settings: Settings) -> None:
     coll, db = _open(tiny_settings)
     _add_docs(coll, 2, 2)
-    before = set(coll.indexes["clip.text"].ids().tolist())
+    before = set(coll.store.ids("clip.text").tolist())
     coll.delete_documents([d.id for d in coll.documents() if d.path == "/docs/1.txt"])
     _add_docs(coll, 1, 2)  # re-adds /docs/0.txt: replaced, with new ids
-    after = set(coll.indexes["clip.text"].ids().tolist())
+    after = set(coll.store.ids("clip.text").tolist())
     assert not (after & before), "a deleted item's FAISS id was handed to a new item"
     db.close()
 
@@ -95,7 +95,7 @@ def test_index_that_lags_the_database_is_repaired_on_open(tiny_settings: Setting
     _add_docs(coll, 4, 3)
     db.close()
     coll2, db2 = _open(tiny_settings)
-    assert len(coll2.indexes["clip.text"]) == 12 == _db_item_count(db2)
+    assert coll2.store.count("clip.text") == 12 == _db_item_count(db2)
     db2.close()
 
 
@@ -112,7 +112,7 @@ def test_index_with_entries_the_database_lost_is_repaired(tiny_settings: Setting
         s.execute(delete(Document).where(Document.path == "/docs/2.txt"))
     db.close()
     coll2, db2 = _open(tiny_settings)
-    assert len(coll2.indexes["clip.text"]) == 4 == _db_item_count(db2)
+    assert coll2.store.count("clip.text") == 4 == _db_item_count(db2)
     db2.close()
 
 
@@ -124,7 +124,7 @@ def test_torn_index_is_rebuilt_from_the_database(tiny_settings: Settings) -> Non
     index_file = tiny_settings.index_dir() / "clip.text" / "index.faiss"
     index_file.write_bytes(index_file.read_bytes()[:100])  # a torn write
     coll2, db2 = _open(tiny_settings)
-    assert len(coll2.indexes["clip.text"]) == 6
+    assert coll2.store.count("clip.text") == 6
     _, ids = coll2.search("clip", "text", vectors[4], 1)
     assert coll2.items_by_id(ids[0])[int(ids[0][0])][1].path == "/docs/1.txt"
     manifest = json.loads((tiny_settings.index_dir() / "clip.text" / "manifest.json").read_text())
@@ -156,7 +156,7 @@ def test_opening_a_built_collection_loads_no_model(tiny_settings: Settings) -> N
     clip = ClipEmbedder(tiny_settings.models)
     reopened, _ = _open(tiny_settings, clip)
     assert clip._model is None  # the dimension came from the collection's record
-    assert reopened.dims == {"clip": 32} and len(reopened.indexes["clip.text"]) == 4
+    assert reopened.dims == {"clip": 32} and reopened.store.count("clip.text") == 4
 
 
 def test_collections_are_isolated(tiny_settings: Settings, tmp_path: Path) -> None:
@@ -164,10 +164,10 @@ def test_collections_are_isolated(tiny_settings: Settings, tmp_path: Path) -> No
     vectors = _add_docs(coll, 2, 2)
     other = Collection(tiny_settings, db, [ClipEmbedder(tiny_settings.models)], name="other")
     other.open()
-    assert other.indexes == {}
+    assert other.index_keys() == []
     _, ids = other.search("clip", "text", vectors[0], 5)
     assert (ids == -1).all()
-    assert other.items_by_id(coll.indexes["clip.text"].ids()) == {}
+    assert other.items_by_id(coll.store.ids("clip.text")) == {}
     db.close()
 
 
@@ -177,10 +177,10 @@ def test_large_flat_index_is_rebuilt_as_ivf_and_still_finds_items(tiny_settings:
     )
     coll, db = _open(settings)
     vectors = _add_docs(coll, 20, 60)
-    assert coll.indexes["clip.text"].manifest.index_type == "flat"
+    assert coll.describe()["clip.text"].type == "flat"
     assert coll.optimise() == ["clip.text"]
-    index = coll.indexes["clip.text"]
-    assert index.manifest.index_type.startswith("ivf") and len(index) == 1200
+    described = coll.describe()["clip.text"]
+    assert described.type.startswith("ivf") and described.count == 1200
     _, ids = coll.search("clip", "text", vectors[700], 1)
     assert coll.items_by_id(ids[0])[int(ids[0][0])][1].path == "/docs/11.txt"
     assert coll.optimise() == []
@@ -195,7 +195,7 @@ def test_a_reader_does_not_save_while_a_writer_holds_the_collection(tiny_setting
     manifest = tiny_settings.index_dir() / "clip.text" / "manifest.json"
     with coll.writer():
         reader, rdb = _open(tiny_settings)  # repairs in memory: sees all 6 items
-        assert len(reader.indexes["clip.text"]) == 6
+        assert reader.store.count("clip.text") == 6
         assert json.loads(manifest.read_text())["count"] == 4  # but left the writer's files alone
         rdb.close()
     reader, rdb = _open(tiny_settings)  # no writer now: the repair is saved

@@ -35,20 +35,24 @@ VARIANTS = {
     "cpu": ["docker-compose.yml", "docker-compose.cpu.yml"],
     "ollama": ["docker-compose.yml", "docker-compose.ollama.yml"],
     "base": ["docker-compose.yml"],
-    # scaled out (docker-compose.ray.yml): on the Milvus override where this checkout has it (issue #10)
-    "ray": [
+    "milvus": ["docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.milvus.yml"],
+    "milvus-gpu": [
         "docker-compose.yml",
-        *(["docker-compose.milvus.yml"] * (REPO / "docker-compose.milvus.yml").exists()),
-        "docker-compose.ray.yml",
+        "docker-compose.gpu.yml",
+        "docker-compose.milvus.yml",
+        "docker-compose.milvus-gpu.yml",
     ],
+    # scaled out (docker-compose.ray.yml): API replicas on the Milvus override (a store they share)
+    "ray": ["docker-compose.yml", "docker-compose.milvus.yml", "docker-compose.ray.yml"],
     "ray-gpu": [
         "docker-compose.yml",
         "docker-compose.gpu.yml",
+        "docker-compose.milvus.yml",
         "docker-compose.ray.yml",
         "docker-compose.ray-gpu.yml",
     ],
 }
-RAY_SECRETS = {"MINIO_SECRET_KEY": "minio4tests"}
+MINIO_SECRETS = {"MINIO_SECRET_KEY": "minio4tests"}  # Milvus's MinIO, which also keeps the blobs with Ray
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -85,7 +89,8 @@ def _compose(files: list[str], env: dict[str, str], *args: str) -> subprocess.Co
 
 
 def _config(variant: str, **env: str) -> dict[str, Any]:
-    secrets = {**SECRETS, **RAY_SECRETS} if variant.startswith("ray") else SECRETS
+    needs_minio = variant.startswith(("milvus", "ray"))
+    secrets = {**SECRETS, **(MINIO_SECRETS if needs_minio else {})}
     res = _compose(VARIANTS[variant], {**secrets, **env}, "config", "--format", "json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
@@ -242,7 +247,8 @@ def test_ray_override_runs_api_replicas_behind_one_port_and_a_ray_cluster(
 ) -> None:
     config = _config("ray")
     services = config["services"]
-    assert {"api", "proxy", "ray-head", "ray-worker", "minio", "minio-bucket", "postgres"} <= set(services)
+    wanted = {"api", "proxy", "ray-head", "ray-worker", "minio", "minio-bucket", "postgres", "milvus"}
+    assert wanted <= set(services)
     api, proxy = services["api"], services["proxy"]
     assert api["deploy"]["replicas"] == 2 and not api.get("ports")  # replicas publish nothing themselves
     assert [p["published"] for p in proxy["ports"]] == ["8080"] and proxy["depends_on"]["api"]
@@ -260,12 +266,12 @@ def test_ray_override_runs_api_replicas_behind_one_port_and_a_ray_cluster(
     # Ray Client needs the same Ray on both sides: the API image pins the cluster image's version
     assert api["build"]["args"]["RAY_VERSION"] == head["build"]["args"]["RAY_VERSION"]
     assert "ray" in api["build"]["args"]["EXTRAS"].split(",") and "s3" in api["build"]["args"]["EXTRAS"]
+    secret = MINIO_SECRETS["MINIO_SECRET_KEY"]
     for name in ("api", "ray-head", "ray-worker"):  # everyone reaches the blobs (MinIO)
-        assert services[name]["environment"]["AWS_SECRET_ACCESS_KEY"] == RAY_SECRETS["MINIO_SECRET_KEY"], name
+        assert services[name]["environment"]["AWS_SECRET_ACCESS_KEY"] == secret, name
     assert _config("ray", RAY_WORKERS="3")["services"]["ray-worker"]["deploy"]["replicas"] == 3
-    if not (REPO / "docker-compose.milvus.yml").exists():
-        api["environment"].pop("MMRAG_INDEX__BACKEND", None)
     settings = _container_settings(api, monkeypatch)
+    assert settings.index.backend == "milvus" and settings.milvus_uri == "http://milvus:19530"  # shared
     assert (settings.ingest.runner, settings.ingest.ray.address) == ("ray", "ray://ray-head:10001")
     assert settings.blobs.url == "s3://mmrag/blobs" and settings.blobs.s3.endpoint_url == "http://minio:9000"
 
@@ -302,6 +308,58 @@ def test_the_ray_image_is_rays_own_with_mmrag_installed() -> None:
             assert all((REPO / source).exists() for source in sources), ins.original
     runs = " ".join(" ".join(ins.value) for ins in instructions if ins.cmd == "RUN")
     assert "mmrag.ingest.runners.ray" in runs  # the image proves it imports the runner's code
+
+
+def test_milvus_override_adds_milvus_standalone_and_points_the_api_at_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _config("milvus")
+    services = config["services"]
+    assert set(services) == {"api", "postgres", "etcd", "minio", "milvus"}
+    milvus = services["milvus"]
+    assert milvus["image"].startswith("milvusdb/milvus:") and milvus["command"] == [
+        "milvus",
+        "run",
+        "standalone",
+    ]
+    assert milvus["healthcheck"]["test"] == ["CMD", "curl", "-f", "http://localhost:9091/healthz"]
+    assert milvus["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert milvus["environment"]["MINIO_ADDRESS"] == "minio:9000"
+    # Milvus reads MinIO with the credentials MinIO was started with
+    assert (
+        milvus["environment"]["MINIO_SECRET_ACCESS_KEY"]
+        == services["minio"]["environment"]["MINIO_SECRET_KEY"]
+    )
+    assert (
+        milvus["environment"]["MINIO_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ACCESS_KEY"]
+    )
+    for dependency in ("etcd", "minio"):
+        assert milvus["depends_on"][dependency]["condition"] == "service_healthy"
+        assert services[dependency]["healthcheck"]["test"]
+    assert services["api"]["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    mounts = {m["target"]: m["source"] for m in milvus["volumes"] if m["type"] == "volume"}
+    assert mounts == {"/var/lib/milvus": "milvus-data"}
+    assert {"milvus-etcd", "milvus-minio", "milvus-data", "pgdata"} <= set(config["volumes"])
+    assert "ports" not in milvus  # reached by the API inside the compose network only
+    settings = _container_settings(services["api"], monkeypatch)
+    assert settings.index.backend == "milvus" and settings.index.milvus.uri == "http://milvus:19530"
+    assert settings.index.milvus.index_type == "HNSW" and not settings.index.milvus.is_local
+    missing = _compose(VARIANTS["milvus"], SECRETS, "config", "--quiet")
+    assert missing.returncode != 0 and "MINIO_SECRET_KEY" in missing.stderr
+
+
+@needs_compose
+def test_milvus_gpu_override_gives_milvus_the_gpu_and_the_gpu_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = _config("milvus-gpu")["services"]
+    milvus = services["milvus"]
+    assert milvus["image"].endswith("-gpu")
+    (device,) = milvus["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    settings = _container_settings(services["api"], monkeypatch)
+    assert settings.index.milvus.index_type == "GPU_CAGRA"
+    assert settings.index.milvus.index_params["graph_degree"] == 32
+    assert "itopk_size" in settings.index.milvus.search_params
 
 
 # ---- the Dockerfile --------------------------------------------------------------------------------------

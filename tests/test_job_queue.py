@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mmrag.api.jobs import JobStore
 from mmrag.settings import Settings, load_settings
 from mmrag.store.db import Database
 from mmrag.store.job_queue import JobQueue, SecondWriterRefused
+from mmrag.store.jobs import JobStore
 
 LEASE_S = 30.0
 
@@ -104,8 +104,9 @@ def test_a_second_writer_of_faiss_is_refused(db: Database) -> None:
     shared = [JobQueue(db, f"shared-{i}", LEASE_S) for i in range(2)]
     for queue in shared:
         queue.register("milvus")  # a store replicas share: any number of them
-    with pytest.raises(SecondWriterRefused):
-        JobQueue(db, "late-faiss", LEASE_S).register("faiss")
+    for backend in ("faiss", "nosuch"):  # a store this replica cannot load counts as single-writer
+        with pytest.raises(SecondWriterRefused):
+            JobQueue(db, f"late-{backend}", LEASE_S).register(backend)
 
 
 def test_a_restarted_server_resumes_its_job_at_once(db: Database) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, text
 
 from mmrag.collection import Collection, NewItem
 from mmrag.embed.clip import ClipEmbedder
+from mmrag.filters import Filters
 from mmrag.retrieve.search import Retriever
 from mmrag.settings import Settings
 from mmrag.store import lexical
@@ -157,6 +158,44 @@ def test_the_lexical_list_is_fused_and_shown(collection: tuple[Collection, Datab
     assert all("lexical:text>text" not in hit.ranks for hit in dense_only)
     only_lexical = Retriever(coll, encoders, fusion=fusion).search("linecolor", k=5, spaces=["lexical"])
     assert [hit.path for hit in only_lexical] == ["/manual/style.txt"]
+
+
+def test_a_filter_applies_inside_the_lexical_search(collection: tuple[Collection, Database]) -> None:
+    """A selective filter still gets the lexical hits it matches: 30 short "xrange" notes elsewhere outrank
+    the manual's lines and fill a list of depth 5, yet a folder, document or metadata filter is applied in
+    the SQL, not to that list afterwards."""
+    coll, _ = collection
+    for path, texts in DOCS.items():
+        coll.replace_document(
+            path=path,
+            kind="text",
+            content_hash=path,
+            size=1,
+            mtime=1.0,
+            items=_items(texts),
+            meta={"owner": "ann" if path.startswith("/manual/") else "bob"},
+        )
+    for n in range(30):
+        _store(coll, f"/notes/{n}.txt", [f"xrange note {n}"], seed=n + 1)
+    unfiltered = coll.lexical_search("xrange", 5, ["text"])["text"]
+    rows = coll.items_by_id(i for i, _ in unfiltered)
+    assert all(rows[i][1].path.startswith("/notes/") for i, _ in unfiltered)  # the manual is not in it
+    manual = coll.document_by_path("/manual/xrange.txt")
+    assert manual is not None
+    for filters in (
+        Filters.of(path_prefixes=["/manual"]),
+        Filters.of(document_ids=[manual.id]),
+        Filters.of(metadata={"owner": "ann"}),
+    ):
+        found = coll.lexical_search("xrange", 5, ["text", "image"], filters)
+        paths = {coll.items_by_id([i])[i][1].path for i, _ in found["text"]}
+        assert paths == {"/manual/xrange.txt"} and len(found["text"]) == 2, filters
+        hits = Retriever(coll, list(coll.encoders.values())).search(
+            "xrange", k=5, spaces=["lexical"], filters=filters
+        )
+        assert [hit.path for hit in hits] == ["/manual/xrange.txt"]  # a text file's chunks: one hit
+    assert coll.lexical_search("xrange", 5, ["text"], Filters.of(modalities=["image"])) == {}
+    assert coll.lexical_search("xrange", 5, ["text"], Filters.of(path_prefixes=["/nowhere"])) == {}
 
 
 def test_what_the_index_holds_for_an_item() -> None:

@@ -242,7 +242,7 @@ def test_item_ids_are_64_bit_and_never_reused_after_delete_and_reopen(
     _push_item_ids_past(tiny_settings.db_url, 2**33)
     vectors = _add(collection, "/docs/a.txt", 3, seed=1)
     _add(collection, "/docs/b.txt", 3, seed=2)
-    ids = collection.indexes["clip.text"].ids()
+    ids = collection.store.ids("clip.text")
     assert ids.max() > 2**33 and len(ids) == 7
     _, found = collection.search("clip", "text", vectors[1], 1)  # a 64-bit id survives FAISS and the DB
     item, doc = collection.items_by_id(found[0])[int(found[0][0])]
@@ -255,7 +255,7 @@ def test_item_ids_are_64_bit_and_never_reused_after_delete_and_reopen(
     coll2 = Collection(tiny_settings, reopened, [ClipEmbedder(tiny_settings.models)])
     coll2.open()
     _add(coll2, "/docs/c.txt", 3, seed=3)
-    new_ids = set(coll2.indexes["clip.text"].ids().tolist()) - used
+    new_ids = set(coll2.store.ids("clip.text").tolist()) - used
     assert len(new_ids) == 3 and min(new_ids) > max(used), "a deleted item's id was handed out again"
     reopened.close()
 
@@ -355,7 +355,7 @@ def test_ingest_in_one_process_and_queries_in_another_stay_consistent(
     while writer.poll() is None and time.monotonic() < deadline:
         rt = open_runtime(tiny_settings)
         try:
-            ids = rt.collection.indexes["clip.image"].ids() if "clip.image" in rt.collection.indexes else []
+            ids = rt.collection.store.ids("clip.image")
             resolved = rt.collection.items_by_id(ids)
             assert set(resolved) == {int(i) for i in ids}, "an index entry points at no stored item"
             assert {doc.path for _, doc in resolved.values()} <= sources
@@ -387,7 +387,7 @@ def test_ingest_in_one_process_and_queries_in_another_stay_consistent(
         with rt.db.session() as session:
             n_items = session.query(Item).count()
             n_docs = session.query(Document).filter(Document.status == "indexed").count()
-        assert n_docs == len(sources) == n_items == len(rt.collection.indexes["clip.image"])
+        assert n_docs == len(sources) == n_items == rt.collection.store.count("clip.image")
         (top,) = rt.retriever().search(image=query_image, k=1)
         assert Path(top.path).name == "lfw_007.png"
     finally:

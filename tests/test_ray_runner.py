@@ -212,6 +212,7 @@ def test_mmrag_index_runner_ray_on_a_running_cluster_reads_s3_and_writes_blobs_t
     settings = _settings(  # what the command used (tiny_clip_env)
         tmp_path / "data",
         spaces={"clip": True, "text": False},
+        ingest={"road": "clip"},
         blobs={"url": "s3://media/thumbs", "s3": s3.settings()},
     )
     rt = open_runtime(settings)

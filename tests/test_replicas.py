@@ -3,9 +3,10 @@ processes, killed with SIGKILL.
 
 - FAISS keeps one writer: a second replica is refused at start with a message; a replica killed mid-job
   has its job taken over by the next one and finished, with what a clean run gives and nothing twice.
-- Milvus (issue #10's index.backend=milvus): two replicas at once share the queue, the store and the blob
-  store (S3 on a moto server process): an upload to one is searchable on the other; kill -9 of the replica
-  running a job, and the other finishes it after its lease runs out.
+- Milvus (index.backend=milvus, Milvus Lite's server on loopback): two replicas at once share the queue in
+  PostgreSQL, the Milvus store and the blob store (S3 on a moto server process): an upload to one is
+  searchable on the other; kill -9 of the replica running a job, and the other finishes it after its lease
+  runs out, with the documents and items of a clean run, and Milvus holding exactly the database's items.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from mmrag.settings import IndexSettings, load_settings
+from mmrag.index.milvus_store import collection_name
+from mmrag.settings import load_settings
+from mmrag.store import pending
 from mmrag.store.db import Database
 from mmrag.store.models import Document, Item, Job
 from tests.api_server import image_query, upload, wait_for_job
 from tests.conftest import tiny_clip_env
+from tests.milvus_server import milvus_lite_server
 from tests.realdata import PHOTOS, photo_bytes, photo_image
 from tests.s3_server import S3Server, s3_server
 
@@ -163,7 +167,7 @@ def _clean_run() -> list[tuple[str, str]]:
 
 def test_faiss_keeps_one_writer_and_a_killed_replicas_job_is_finished_by_the_next(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    env = _env(data)
+    env = _env(data, MMRAG_INDEX__BACKEND="faiss")  # also on the Milvus pass (MMRAG_TEST_BACKEND)
     db_url = load_settings(data_dir=data).db_url
     with replica(env) as first, first.client() as client:
         second, _ = _start(env)  # another replica of the same database
@@ -191,8 +195,6 @@ def test_faiss_keeps_one_writer_and_a_killed_replicas_job_is_finished_by_the_nex
 
 # ---- several replicas at once: needs a vector store they share ----------------------------------------
 
-MILVUS = "backend" in IndexSettings.model_fields
-
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
@@ -201,38 +203,13 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-@contextmanager
-def milvus_server(data_dir: Path) -> Iterator[str]:
-    """Milvus Lite's gRPC server as its own process: one Milvus store that both replicas reach."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("the Milvus Lite server did not start") from None
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
+@pytest.mark.milvus
 @pytest.mark.skipif(
-    not MILVUS or not os.environ.get("MMRAG_TEST_POSTGRES_URL"),
-    reason="two replicas at once need a vector store they share: index.backend=milvus (issue #10, not in "
-    "this branch yet) and PostgreSQL (MMRAG_TEST_POSTGRES_URL, scripts/postgres.sh)",
+    not os.environ.get("MMRAG_TEST_POSTGRES_URL"),
+    reason="two replicas at once share one PostgreSQL (MMRAG_TEST_POSTGRES_URL: scripts/postgres.sh)",
 )
 def test_two_replicas_share_the_queue_the_store_and_the_blobs(tmp_path: Path, s3: S3Server) -> None:
-    with milvus_server(tmp_path / "milvus") as milvus_uri:
+    with milvus_lite_server(tmp_path / "milvus.db") as milvus_uri:
         shared = {
             "MMRAG_INDEX__BACKEND": "milvus",
             "MMRAG_INDEX__MILVUS__URI": milvus_uri,
@@ -245,10 +222,11 @@ def test_two_replicas_share_the_queue_the_store_and_the_blobs(tmp_path: Path, s3
         with replica(env_a) as a, replica(env_b) as b, a.client() as to_a, b.client() as to_b:
             first = upload(to_a, "shared", [("rocket.jpg", photo_bytes("rocket"))]).json()
             assert wait_for_job(to_a, first["job_id"])["status"] == "done"
-            hits = image_query(to_b, "shared", photo_bytes("rocket"), k=1).json()["hits"]
-            assert hits and hits[0]["path"].endswith("rocket.jpg")  # searchable on the other replica
-            thumbnail = to_b.get(f"/v1/items/{hits[0]['item_id']}/image")
-            assert thumbnail.status_code == 200 and thumbnail.content  # from the shared blob store
+            for client in (to_a, to_b):  # one of them did not run the job: it finds it all the same
+                hits = image_query(client, "shared", photo_bytes("rocket"), k=1).json()["hits"]
+                assert hits and hits[0]["path"].endswith("rocket.jpg")
+                thumbnail = client.get(f"/v1/items/{hits[0]['item_id']}/image")
+                assert thumbnail.status_code == 200 and thumbnail.content  # from the shared blob store
 
             accepted = upload(to_a, "shared", _photos()).json()
             _wait_until_some_files_are_done(to_a, accepted["job_id"])
@@ -257,10 +235,20 @@ def test_two_replicas_share_the_queue_the_store_and_the_blobs(tmp_path: Path, s3
             running.process.send_signal(signal.SIGKILL)
             job = wait_for_job(other, accepted["job_id"], timeout=READY_S)  # after the lease runs out
             assert job["status"] == "done", job
+            statuses = {entry["name"]: entry["status"] for entry in job["files"]}
+            assert sorted(statuses) == [name for name, _ in _clean_run()]
+            assert set(statuses.values()) <= {"indexed", "unchanged"} and "unchanged" in statuses.values()
             docs, items, attempts = _collection_rows(db_url, "shared")
             rocket = hashlib.sha256(photo_bytes("rocket")).hexdigest()
             assert docs == sorted([*_clean_run(), ("rocket.jpg", rocket)])
             assert items == len(docs) and attempts == 2  # nothing indexed twice
+            # Milvus holds exactly the database's items: what the killed replica committed but Milvus never
+            # acknowledged was retried by the other (nothing pending), nothing is there twice or left over.
+            assert _milvus_ids(milvus_uri, "shared", "clip.image") == _item_ids(db_url, "shared")
+            assert _pending(db_url, "shared") == 0
+            name, data = _photos()[-1]  # committed last: searched through Milvus like the rest
+            hits = image_query(other, "shared", data, k=1).json()["hits"]
+            assert hits and Path(hits[0]["path"]).name.split("-", 1)[1] == name.split("-", 1)[1]
 
 
 def _owner_pid(db_url: str, job_id: str) -> int:
@@ -272,3 +260,35 @@ def _owner_pid(db_url: str, job_id: str) -> int:
         db.close()
     assert owner is not None
     return int(owner.rsplit(":", 3)[1])
+
+
+def _item_ids(db_url: str, collection: str) -> list[int]:
+    db = Database(db_url)
+    try:
+        with db.session() as session:
+            return sorted(session.scalars(select(Item.id).where(Item.collection == collection)))
+    finally:
+        db.close()
+
+
+def _pending(db_url: str, collection: str) -> int:
+    db = Database(db_url)
+    try:
+        return pending.count(db, collection)
+    finally:
+        db.close()
+
+
+def _milvus_ids(uri: str, collection: str, key: str) -> list[int]:
+    """The item ids in the Milvus collection of `key`, read by a client of its own."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        name = collection_name(load_settings().index.milvus.collection_prefix, collection, key)
+        rows = client.query(
+            name, filter="id >= 0", output_fields=["id"], limit=16_384, consistency_level="Strong"
+        )
+        return sorted(int(row["id"]) for row in rows)
+    finally:
+        client.close()

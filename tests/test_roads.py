@@ -80,7 +80,8 @@ def test_hits_report_per_space_lists(offline: Runtime) -> None:
     hits = offline.retriever().search("a cat", k=10)
     assert {h.modality for h in hits} == {"image", "text"}
     for h in hits:
-        assert set(h.ranks) <= {"text:text>image", "text:text>text"} and h.ranks
+        lists = {"text:text>image", "text:text>text", "lexical:text>image", "lexical:text>text"}
+        assert set(h.ranks) <= lists and h.ranks
         assert set(h.calibrated) == set(h.ranks)
 
 
@@ -101,8 +102,9 @@ def test_captions_are_cached_by_image_hash(offline: Runtime, library: Path, tmp_
     assert report.indexed == 2 and calls == []
     with offline.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Caption)) == before
-    top_paths = [h.path for h in offline.retriever().search("a cat", k=2)]
-    assert sorted(Path(p).parent.name for p in top_paths) == ["again", "photos"]  # both copies of the cat
+    (top, *_) = offline.retriever().search("a cat", k=2)
+    copies = [top.path, *(copy["path"] for copy in top.also_in)]
+    assert sorted(Path(p).parent.name for p in copies) == ["again", "photos"]  # both copies, as one hit
 
 
 @pytest.fixture
@@ -171,7 +173,7 @@ def both_roads(tmp_path: Path) -> Runtime:
 def test_both_roads_one_ranking_over_photos_and_text(library: Path, tmp_path: Path) -> None:
     rt = both_roads(tmp_path)
     assert _index(rt, library).ok
-    assert set(rt.collection.indexes) == {"clip.image", "clip.text", "text.image", "text.text"}
+    assert set(rt.collection.index_keys()) == {"clip.image", "clip.text", "text.image", "text.text"}
     hits = rt.retriever().search("a cat", k=10)
     assert Path(hits[0].path).name == "chelsea.jpg"
     assert {h.modality for h in hits} == {"image", "text"}  # photos and text chunks in one ranking
@@ -183,11 +185,11 @@ def test_both_roads_one_ranking(library: Path, tmp_path: Path) -> None:
     rt = both_roads(tmp_path)
     report = _index(rt, library / "photos")
     assert report.ok
-    assert set(rt.collection.indexes) == {"clip.image", "text.image"}
+    assert set(rt.collection.index_keys()) == {"clip.image", "text.image"}
     hits = rt.retriever().search("a cat", k=20)
     ids = [h.item_id for h in hits]
     assert len(ids) == len(set(ids)) == 7  # each photo once, though found in two spaces
     cat = next(h for h in hits if Path(h.path).name == "chelsea.jpg")
-    assert set(cat.ranks) == {"clip:text>image", "text:text>image"}
+    assert set(cat.ranks) == {"clip:text>image", "text:text>image", "lexical:text>image"}
     assert Path(hits[0].path).name == "chelsea.jpg"  # the caption road carries it, whatever random CLIP says
     rt.close()

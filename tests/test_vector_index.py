@@ -15,12 +15,14 @@ import pytest
 
 from mmrag.errors import IndexCorruptError, MmragError, ModelMismatchError
 from mmrag.index import IndexManifest, VectorIndex, VectorInputError, choose_nlist, gpu
+from mmrag.index.vector_index import TRAIN_POINTS_PER_LIST, choose_nprobe, training_size
 from mmrag.settings import IndexSettings
 
 CLIP_MODEL = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 OTHER_MODEL = "open_clip:ViT-L-14/openai"
 DIM = 32
 SETTINGS = IndexSettings(use_gpu="never", ivf_min_items=1000, nprobe=8)
+HNSW_SETTINGS = IndexSettings(use_gpu="never", ivf_min_items=1000, ann="hnsw", hnsw_m=16)
 
 
 def unit_vectors(count: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
@@ -45,11 +47,17 @@ def ivf_data() -> tuple[np.ndarray, np.ndarray]:
     return spaced_ids(5000), unit_vectors(5000, dim=64, seed=1)
 
 
-def ivf_index(ivf_data: tuple[np.ndarray, np.ndarray]) -> VectorIndex:
+def ivf_index(ivf_data: tuple[np.ndarray, np.ndarray], settings: IndexSettings = SETTINGS) -> VectorIndex:
     ids, vectors = ivf_data
-    index = VectorIndex.create("clip", CLIP_MODEL, 64, SETTINGS)
+    index = VectorIndex.create("clip", CLIP_MODEL, 64, settings)
     index.rebuild(ids, vectors)
     return index
+
+
+def hnsw_index(ivf_data: tuple[np.ndarray, np.ndarray]) -> VectorIndex:
+    """HNSW over the first 2,000 of the IVF data (graph building is the slow part)."""
+    ids, vectors = ivf_data
+    return ivf_index((ids[:2000], vectors[:2000]), HNSW_SETTINGS)
 
 
 def assert_finds_itself(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -157,10 +165,48 @@ def test_adding_past_the_threshold_does_not_convert_a_flat_index() -> None:
     assert index.manifest.index_type == "flat"
 
 
-def test_nlist_grows_with_size_and_leaves_enough_training_points() -> None:
-    assert choose_nlist(1000) == 1000 // 39
-    assert choose_nlist(100_000) == round(4 * 100_000**0.5)
+def test_nlist_is_sqrt_half_n_with_enough_training_points() -> None:
+    assert choose_nlist(1000) == 22 and choose_nlist(500) == 500 // 39  # tiny: 39 points per list at least
+    assert (choose_nlist(100_000), choose_nlist(1_000_000)) == (224, 707)
     assert all(choose_nlist(n) * 39 <= n for n in (1000, 5000, 100_000, 10_000_000))
+    assert choose_nlist(10**12) == 65536
+
+
+def test_training_sample_is_sized_to_the_list_count() -> None:
+    # FAISS wants 39-256 training points per centroid; the sample is 64 per list, never more than there is.
+    assert TRAIN_POINTS_PER_LIST == 64
+    assert training_size(1_000_000, 1000) == 64_000
+    assert training_size(1000, 25) == 1000
+    for count in (1000, 20_000, 100_000, 1_000_000):
+        nlist = choose_nlist(count)
+        assert 39 * nlist <= training_size(count, nlist) <= 256 * nlist
+
+
+def test_nprobe_auto_searches_64_lists_or_all_of_fewer() -> None:
+    assert (choose_nprobe(707), choose_nprobe(224), choose_nprobe(22)) == (64, 64, 22)
+    assert (choose_nprobe(1000, setting=8), choose_nprobe(4, setting=8)) == (8, 4)  # a setting wins
+
+
+def test_ivf_takes_the_auto_nprobe_and_keeps_recall_on_clustered_vectors() -> None:
+    """Vectors around 400 centres (what embeddings of real documents look like, unlike uniform noise):
+    the auto-sized IVF finds >= 95% of the exact top 10."""
+    rng = np.random.default_rng(11)
+    centres = unit_vectors(400, dim=64, seed=12)
+    members = centres[rng.integers(0, 400, 40_000)] + 0.08 * rng.standard_normal((40_000, 64))
+    vectors = (members / np.linalg.norm(members, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(40_000, dtype=np.int64)
+    index = VectorIndex.create("clip", CLIP_MODEL, 64, IndexSettings(use_gpu="never", ivf_min_items=1000))
+    index.rebuild(ids, vectors)
+    nlist = choose_nlist(40_000)
+    assert index.manifest.index_type == f"ivf{nlist},flat" and index._index.nprobe == choose_nprobe(nlist)
+    queries = unit_vectors(200, dim=64, seed=13) * 0.3 + centres[rng.integers(0, 400, 200)]
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    exact = faiss.IndexFlatIP(64)
+    exact.add(vectors)
+    _, truth = exact.search(queries, 10)
+    _, found = index.search(queries, 10)
+    recall = np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.95
 
 
 def test_ivf_ids_are_walked_from_the_inverted_lists(ivf_data, tmp_path: Path) -> None:
@@ -207,15 +253,65 @@ def test_ivf_refuses_duplicate_ids(ivf_data) -> None:
     assert len(index) == 5000
 
 
+# ---- HNSW -------------------------------------------------------------------------------------------
+
+
+def test_rebuild_builds_hnsw_when_asked_and_it_finds_every_vector(ivf_data) -> None:
+    ids, vectors = ivf_data[0][:2000], ivf_data[1][:2000]
+    index = hnsw_index(ivf_data)
+    assert index.manifest.index_type == "hnsw16,flat" and index.device == "cpu"
+    assert faiss.downcast_index(index._index.index).hnsw.efSearch == HNSW_SETTINGS.hnsw_ef_search
+    assert_finds_itself(index, ids[::10], vectors[::10])
+    new_ids, new_vectors = np.arange(10**9, 10**9 + 50, dtype=np.int64), unit_vectors(50, dim=64, seed=21)
+    index.add(new_ids, new_vectors)
+    assert_finds_itself(index, new_ids, new_vectors)
+    assert len(index) == 2050
+    index.rebuild(ids[:999], vectors[:999])
+    assert index.manifest.index_type == "flat", "below the threshold a rebuild goes back to flat"
+
+
+def test_hnsw_hides_removed_ids_keeps_them_hidden_on_disk_and_a_rebuild_drops_them(
+    ivf_data, tmp_path: Path
+) -> None:
+    ids, vectors = ivf_data[0][:2000], ivf_data[1][:2000]
+    index = hnsw_index(ivf_data)
+    gone = ids[:300]
+    assert index.remove(np.concatenate([gone, [10**12]])) == 300  # an unknown id is skipped
+    assert len(index) == 1700 and index.manifest.count == 1700
+    assert index._index.ntotal == 2000, "FAISS's HNSW cannot delete: the entries stay, hidden"
+    _, found = index.search(vectors[:300], 20)
+    assert not np.isin(found, gone).any() and (found >= 0).all()
+    np.testing.assert_array_equal(index.ids(), ids[300:])
+    # A removed id comes back with a new vector; its old entry stays hidden.
+    replacement = unit_vectors(1, dim=64, seed=22)
+    index.add(gone[:1], replacement)
+    _, found = index.search(replacement, 1)
+    assert found[0, 0] == gone[0]
+    _, found = index.search(vectors[:1], 5)
+    assert gone[0] not in found[0]
+
+    index.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path, HNSW_SETTINGS, expected_model_id=CLIP_MODEL, expected_dim=64)
+    assert len(loaded) == 1701 and loaded.manifest.index_type == "hnsw16,flat"
+    np.testing.assert_array_equal(loaded.ids(), np.sort(np.concatenate([gone[:1], ids[300:]])))
+    _, found = loaded.search(vectors[1:300], 10)
+    assert not np.isin(found, gone[1:]).any()
+
+    loaded.rebuild(loaded.ids(), np.concatenate([replacement, vectors[300:]]))
+    assert loaded._index.ntotal == len(loaded) == 1701
+
+
 # ---- persistence ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["flat", "ivf"])
+@pytest.mark.parametrize("layout", ["flat", "ivf", "hnsw"])
 def test_save_load_round_trip_keeps_ids_results_and_manifest(layout, ivf_data, tmp_path: Path) -> None:
     if layout == "flat":
         index, ids, vectors = flat_index()
-    else:
+    elif layout == "ivf":
         index, (ids, vectors) = ivf_index(ivf_data), ivf_data
+    else:
+        index, ids, vectors = hnsw_index(ivf_data), ivf_data[0][:2000], ivf_data[1][:2000]
     queries = vectors[:25]
     before_scores, before_ids = index.search(queries, 10)
     assert index.manifest.index_sha256 == ""
@@ -512,3 +608,34 @@ def test_searches_while_another_thread_adds_stay_consistent(tmp_path: Path) -> N
     assert_finds_itself(index, new_ids[::50], new_vectors[::50])
     saved = VectorIndex.load(tmp_path, SETTINGS)  # the mid-ingest snapshot is a consistent pair
     assert len(saved) == len(saved.ids()) and 300 < len(saved) < 1300
+
+
+@pytest.mark.parametrize("layout", ["flat", "ivf", "hnsw"])
+def test_a_search_among_allowed_ids_returns_k_of_them_on_every_layout(layout: str) -> None:
+    """The IDSelector push-down: flat is exact; IVF probing too few lists retries over every list; HNSW
+    falls back to exact search among the allowed ids when its graph walk misses some, and never returns
+    a removed (hidden) entry."""
+    settings = IndexSettings(ivf_min_items=1000, nprobe=1, ann="ivf" if layout != "hnsw" else "hnsw")
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(4000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(10, 4010, dtype=np.int64)
+    allowed = ids[::400]  # 10 ids, scattered over the lists
+    index = VectorIndex.create(
+        "clip.image",
+        "m",
+        16,
+        settings.model_copy(update={"ivf_min_items": 100_000 if layout == "flat" else 1000}),
+    )
+    index.rebuild(ids, vectors)
+    assert index.manifest.index_type.startswith(layout)
+    if layout == "hnsw":  # removed entries stay in the graph with id -1
+        index.remove(ids[1::400])
+        _, found = index.search(vectors[5], 10, allowed=np.concatenate([allowed, ids[1::400]]))
+        assert sorted(found[0].tolist()) == sorted(allowed.tolist())
+    scores, found = index.search(vectors[5], 10, allowed=allowed)
+    assert sorted(found[0].tolist()) == sorted(allowed.tolist())
+    exact = np.sort(vectors[allowed - 10] @ vectors[5])[::-1]
+    assert np.allclose(scores[0], exact, atol=1e-5)
+    _, fewer = index.search(vectors[5], 3, allowed=np.asarray([12, 13, 999_999]))
+    assert fewer[0].tolist()[:2] in ([12, 13], [13, 12]) and fewer[0][2] == -1

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrag.collection import STATE_FILE, Collection, CollectionLocked, NewItem
+from mmrag.collection import Collection, CollectionLocked, NewItem
 from mmrag.embed.clip import ClipEmbedder
+from mmrag.index.faiss_store import STATE_FILE
 from mmrag.settings import Settings
 from mmrag.store.db import Database
 from tests.api_server import api_settings, image_query, serve, upload, wait_for_job
@@ -55,14 +56,14 @@ def test_a_reader_catches_up_with_another_writer_and_never_saves_older_indexes(
     _document(writer, "first", _unit(1))
     assert reader.refresh() is True  # one query told it the database moved on
     _, ids = reader.search("clip", "text", _unit(1), 1)
-    assert len(reader.indexes["clip.text"]) == 1 and ids[0][0] > 0
+    assert reader.store.count("clip.text") == 1 and ids[0][0] > 0
 
     _document(writer, "second", _unit(2))  # saved at a newer generation than the reader holds
     reader.save()  # stale in memory: must not overwrite the writer's indexes
     fresh = _process(tiny_settings)
-    assert len(fresh.indexes["clip.text"]) == 2
-    assert fresh.generation == writer.generation == fresh._saved_generation()
-    assert reader.refresh() is True and len(reader.indexes["clip.text"]) == 2
+    assert fresh.store.count("clip.text") == 2
+    assert fresh.generation == writer.generation == fresh.store.saved_generation()
+    assert reader.refresh() is True and reader.store.count("clip.text") == 2
     assert reader.refresh() is False  # nothing new: one query, nothing compared
 
 
@@ -81,7 +82,7 @@ def test_open_compares_indexes_that_are_not_of_the_current_generation(
     if restore_state:
         shutil.copy(tmp_path / "after-a" / STATE_FILE, writer.dir / STATE_FILE)
     reopened = _process(tiny_settings)
-    assert len(reopened.indexes["clip.text"]) == 2
+    assert reopened.store.count("clip.text") == 2
 
 
 def test_a_second_writer_waits_for_the_lock_then_proceeds(tiny_settings: Settings) -> None:
@@ -137,4 +138,4 @@ def test_the_service_sees_what_the_cli_indexed_and_its_job_waits_for_the_cli_loc
         assert job["status"] == "done" and job["counts"]["indexed"] == 1, job
     # the service saved on shutdown: its indexes hold the CLI's items and its own
     reopened = _process(settings)
-    assert sum(len(index) for index in reopened.indexes.values()) == 3
+    assert sum(reopened.store.count(key) for key in reopened.index_keys()) == 3

@@ -100,7 +100,7 @@ async def answer(
         image=image,
         k=req.k,
         fusion=req.fusion,
-        filters=to_filters(req.filters),
+        filters=to_filters(service, req.filters),
         operation="ask",
     )
     hits = [f.hit for f in found]

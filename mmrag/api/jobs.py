@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,17 +24,16 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
 from mmrag.blobs import is_s3_url
 from mmrag.collection import CollectionLocked
 from mmrag.errors import MmragError
 from mmrag.ingest.pipeline import FileOutcome, NoProgress
 from mmrag.ingest.runners import make_runner
 from mmrag.ingest.vectorise import Vectoriser
-from mmrag.store.db import Database
-from mmrag.store.job_queue import UNFINISHED, JobQueue, new_replica_id, vector_store_kind
-from mmrag.store.models import Document, Job, utcnow
+from mmrag.store.items import document_ids_by_path
+from mmrag.store.job_queue import JobQueue, new_replica_id, vector_store_kind
+from mmrag.store.jobs import UNFINISHED, JobStore
+from mmrag.store.models import Job, utcnow
 
 if TYPE_CHECKING:
     from mmrag.api.service import CollectionHandle, Service
@@ -47,48 +45,6 @@ _LOCK_WAIT_STEP_S = 2.0  # how often a job waiting for the write lock looks at t
 _STAGE_OF = {"embed_clip": "embed", "embed_text": "embed", "caption": "caption", "ocr": "ocr"}
 # A running job's row shows the files done so far (GET /v1/jobs/{id}), refreshed at most this often.
 _REPORT_EVERY_S = 1.0
-
-
-class JobStore:
-    """Jobs as rows: created by the routes, read by GET /v1/jobs, updated by the worker."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def create(
-        self, collection: str, kind: str, inputs: list[dict[str, Any]], options: dict[str, Any]
-    ) -> Job:
-        job = Job(
-            id=uuid.uuid4().hex,
-            collection=collection,
-            kind=kind,
-            status="queued",
-            inputs=inputs,
-            options=options,
-            counts={},
-            files=[],
-            created_at=utcnow(),
-        )
-        with self.db.session() as session:
-            session.add(job)
-        return job
-
-    def get(self, job_id: str) -> Job | None:
-        with self.db.session() as session:
-            return session.get(Job, job_id)
-
-    def update(self, job_id: str, **fields: Any) -> None:
-        with self.db.session() as session:
-            job = session.get(Job, job_id)
-            if job is not None:
-                for name, value in fields.items():
-                    setattr(job, name, value)
-
-    def unfinished(self) -> list[str]:
-        with self.db.session() as session:
-            return list(
-                session.scalars(select(Job.id).where(Job.status.in_(UNFINISHED)).order_by(Job.created_at))
-            )
 
 
 class _ServiceStopping(Exception):
@@ -247,16 +203,8 @@ class IngestWorker:
         service = self.service
         settings = service.settings
         handle = service.handle(job.collection, create=True)
-        assert handle is not None and service.db is not None
-        vectoriser = Vectoriser(
-            service.db,
-            job.options.get("road") or settings.ingest.road,
-            clip=service.clip,
-            text=service.text,
-            captioner=service.captioner,
-            ocr=service.ocr,
-            caption_batch=settings.caption.batch_size,
-        )
+        assert handle is not None and service.runtime is not None
+        vectoriser = service.runtime.vectoriser(job.options.get("road"))
         roots = [_root(entry) for entry in job.inputs]
         metadata = job.options.get("metadata") or {}
         document_meta = {_document_path(r): metadata for r in roots} if job.kind == "upload" else {}
@@ -267,8 +215,9 @@ class IngestWorker:
             with handle.write_lock, self._writer(handle):
                 self.store.update(job.id, status="running", started_at=utcnow(), error=None)
                 report = indexer.run(roots, prune=bool(job.options.get("prune")), progress=progress)
-                if metadata and job.kind == "upload":
-                    self._set_metadata_of_unchanged(handle.collection.name, progress.outcomes, metadata)
+                if metadata and job.kind == "upload":  # a file uploaded again takes the new metadata
+                    unchanged = [o.path for o in progress.outcomes if o.status == "unchanged"]
+                    handle.collection.set_metadata(unchanged, metadata)
         except _ServiceStopping:
             return vectoriser, True
         service.collection_changed(handle)
@@ -290,19 +239,6 @@ class IngestWorker:
                     log.info("ingest job waits: %s", exc)
             yield
 
-    def _set_metadata_of_unchanged(
-        self, collection: str, outcomes: list[FileOutcome], metadata: dict[str, Any]
-    ) -> None:
-        """A file uploaded again with new metadata is not re-indexed, but takes the new metadata."""
-        paths = [o.path for o in outcomes if o.status == "unchanged"]
-        if not paths:
-            return
-        with self.store.db.session() as session:
-            for doc in session.scalars(
-                select(Document).where(Document.collection == collection, Document.path.in_(paths))
-            ):
-                doc.meta = dict(metadata)
-
     def _report_progress(self, job: Job, outcomes: list[FileOutcome], embedded: int) -> None:
         try:
             files = self._file_reports(job, outcomes)
@@ -312,14 +248,7 @@ class IngestWorker:
 
     def _file_reports(self, job: Job, outcomes: list[FileOutcome]) -> list[dict[str, Any]]:
         names = {_document_path(_root(entry)): entry.get("name") for entry in job.inputs}
-        with self.store.db.session() as session:
-            doc_ids = dict(
-                session.execute(
-                    select(Document.path, Document.id).where(
-                        Document.collection == job.collection, Document.path.in_([o.path for o in outcomes])
-                    )
-                ).all()
-            )
+        doc_ids = document_ids_by_path(self.store.db, job.collection, [o.path for o in outcomes])
         return [
             {
                 "name": names.get(o.path) or self.service.public_path(o.path),

@@ -201,6 +201,13 @@ class QueryFilters(_Strict):
     metadata: dict[MetadataKey, MetadataValue] | None = Field(
         None, max_length=MAX_METADATA_KEYS, description="Only documents whose metadata has all these values"
     )
+    paths: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="Only documents at these paths or under these folders (absolute, or relative to the "
+        "data dir as hits show uploads: uploads/COLLECTION/...)",
+    )
 
 
 # What base64.b64decode(validate=True) takes, after an optional "data:...," prefix; the service checks it

@@ -1,9 +1,10 @@
-"""What the service holds while it runs: one database, one set of models, one open Collection per name.
+"""What the service holds while it runs: one Runtime (mmrag.runtime, the composition root the CLI uses too:
+database, models, vector stores) and one open Collection per name.
 
 Models are built once and shared by every collection. A collection is opened (and its indexes repaired)
 the first time a request names it. Searches run in a thread pool and may run concurrently with each other
-and with the one ingest job writing to the same collection: VectorIndex serialises its own reads and
-writes, and every write to a collection from this process (ingest jobs, deletes) takes that collection's
+and with the one ingest job writing to the same collection: the vector store serialises its own reads
+and writes, and every write to a collection from this process (ingest jobs, deletes) takes that collection's
 write lock, on top of Collection.writer()'s file lock against other processes.
 """
 
@@ -15,7 +16,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
-from sqlalchemy import exists, select, union
 
 from mmrag.api.metrics import Metrics
 from mmrag.api.security import ApiKeyVerifier
@@ -33,10 +33,13 @@ from mmrag.caption.base import Captioner, OcrEngine
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
 from mmrag.embed.clip import ClipEmbedder
-from mmrag.retrieve.search import Hit, Retriever, retriever_from_settings
+from mmrag.filters import Filters
+from mmrag.retrieve.search import Hit, Retriever
+from mmrag.runtime import Runtime
 from mmrag.settings import Settings
+from mmrag.store import collections as collection_rows
 from mmrag.store.db import Database
-from mmrag.store.models import Document, Item, Space
+from mmrag.store.models import Document, Item
 
 if TYPE_CHECKING:
     from mmrag.api.jobs import IngestWorker, JobStore
@@ -57,33 +60,6 @@ class CollectionHandle:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     # Two first queries would otherwise both fit the calibration and race on its file.
     calibration_lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@dataclass
-class Filters:
-    modalities: Sequence[str] | None = None
-    document_ids: set[int] | None = None
-    metadata: Mapping[str, Any] | None = None
-
-    @property
-    def selective(self) -> bool:
-        return bool(self.document_ids) or bool(self.metadata)
-
-    def accepts(self, doc: Document) -> bool:
-        if self.document_ids and doc.id not in self.document_ids:
-            return False
-        meta = doc.meta or {}
-        return not self.metadata or all(
-            _same(meta.get(key, _MISSING), value) for key, value in self.metadata.items()
-        )
-
-
-_MISSING = object()
-
-
-def _same(stored: Any, wanted: Any) -> bool:
-    """JSON equality: true is not 1 (Python says it is), 2024 is 2024.0."""
-    return isinstance(stored, bool) == isinstance(wanted, bool) and stored == wanted
 
 
 def available_roads(settings: Settings) -> list[str]:
@@ -116,11 +92,7 @@ class Service:
         self.metrics = Metrics()
         self.keys = ApiKeyVerifier(settings.api)
         self.executor = ThreadPoolExecutor(settings.api.workers, thread_name_prefix="mmrag-pool")
-        self.db: Database | None = None
-        self.clip: ClipEmbedder | None = None
-        self.text: TextEncoder | None = None
-        self.captioner: Captioner | None = None
-        self.ocr: OcrEngine | None = None
+        self.runtime: Runtime | None = None
         self.blobs = open_blob_store(settings)  # thumbnails and uploads, shared by every replica
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -138,19 +110,14 @@ class Service:
     def load(self) -> None:
         """Database and the default collection: ready to answer. Model weights load on the first request
         that needs them (api.preload_models: at start)."""
-        from mmrag.caption.factory import build_captioner, build_ocr
-        from mmrag.runtime import build_encoders
-
         settings = self.settings
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             removed = remove_stale_incoming(self.incoming_root(), STALE_INCOMING_S)
             if removed:
                 log.warning("removed %d partial upload(s) left by a server that stopped mid-upload", removed)
-            self.db = Database(settings.db_url)
-            self.clip, self.text = build_encoders(settings)
-            self.captioner = build_captioner(settings)
-            self.ocr = build_ocr(settings)
+            self.runtime = Runtime(settings)
+            self.runtime.captioner, self.runtime.ocr  # noqa: B018 - built (not loaded) now: bad settings fail here
             handle = self.handle(settings.collection, create=True)
             assert handle is not None
             if settings.api.preload_models:  # else the first request that needs a model loads it
@@ -160,8 +127,8 @@ class Service:
             from mmrag.api.jobs import IngestWorker, JobStore
             from mmrag.api.keys import KeyStore
 
-            self.key_store = KeyStore(self.db)
-            self.job_store = JobStore(self.db)
+            self.key_store = KeyStore(self.runtime.db)
+            self.job_store = JobStore(self.runtime.db)
             self.worker = IngestWorker(self, self.job_store)
             self.worker.start()  # jobs left unfinished by the last run go first
         except Exception as exc:
@@ -181,8 +148,8 @@ class Service:
             for handle in self._handles.values():
                 with handle.write_lock:
                     handle.collection.save_if_unlocked()  # never while another process writes
-        if self.db is not None:
-            self.db.close()
+        if self.runtime is not None:
+            self.runtime.close()
 
     def uploads_dir(self, collection: str) -> Path:
         return self.settings.data_dir / "uploads" / collection
@@ -233,28 +200,38 @@ class Service:
 
     # ---- collections ------------------------------------------------------------------------------------
 
+    # The runtime's parts, by the names the routes use.
+    @property
+    def db(self) -> Database | None:
+        return self.runtime.db if self.runtime is not None else None
+
+    @property
+    def clip(self) -> ClipEmbedder | None:
+        return self.runtime.clip if self.runtime is not None else None
+
+    @property
+    def text(self) -> TextEncoder | None:
+        return self.runtime.text if self.runtime is not None else None
+
+    @property
+    def captioner(self) -> Captioner | None:
+        return self.runtime.captioner if self.runtime is not None else None
+
+    @property
+    def ocr(self) -> OcrEngine | None:
+        return self.runtime.ocr if self.runtime is not None else None
+
     @property
     def encoders(self) -> list[TextEncoder]:
-        return [enc for enc in (self.clip, self.text) if enc is not None]
+        return self.runtime.encoders if self.runtime is not None else []
 
     def collection_exists(self, name: str) -> bool:
-        assert self.db is not None
-        with self.db.session() as session:
-            return bool(
-                session.scalar(
-                    select(
-                        exists().where(Space.collection == name) | exists().where(Document.collection == name)
-                    )
-                )
-            )
+        assert self.runtime is not None
+        return collection_rows.collection_exists(self.runtime.db, name)
 
     def collection_names(self) -> list[str]:
-        assert self.db is not None
-        with self.db.session() as session:
-            names = session.scalars(
-                union(select(Space.collection), select(Document.collection.label("collection")))
-            ).all()
-        return sorted(set(names))
+        assert self.runtime is not None
+        return collection_rows.collection_names(self.runtime.db)
 
     def handle(self, name: str, create: bool = False) -> CollectionHandle | None:
         """The open collection `name`; None when it does not exist and `create` is False (reads never create
@@ -265,9 +242,9 @@ class Service:
                 return handle
             if not create and not self.collection_exists(name):
                 return None
-            assert self.db is not None
-            collection = Collection(self.settings, self.db, self.encoders, name=name)
-            for report in collection.open():
+            assert self.runtime is not None
+            collection = self.runtime.open_collection(name)
+            for report in self.runtime.repairs:
                 if report.changed:
                     log.warning("collection %s: repaired the %s index from the database", name, report.space)
             handle = CollectionHandle(name, collection, self._retriever(collection))
@@ -275,13 +252,8 @@ class Service:
             return handle
 
     def _retriever(self, collection: Collection) -> Retriever:
-        return retriever_from_settings(
-            self.settings,
-            collection,
-            self.encoders,
-            captioner=self.captioner if self.clip is None else None,
-            on_stage=self._observe_stage,
-        )
+        assert self.runtime is not None
+        return self.runtime.retriever(collection, on_stage=self._observe_stage)
 
     def _observe_stage(self, stage: str, seconds: float) -> None:
         self.metrics.stage(getattr(_current, "operation", "query"), stage, seconds)
@@ -308,32 +280,15 @@ class Service:
         filters: Filters | None = None,
         operation: str = "query",
     ) -> list[FoundItem]:
-        """Retriever.search with filters on modality (which indexes are searched), documents and document
-        metadata (applied before fusion; the lists are searched deeper until k items pass or nothing is
-        left to search)."""
-        filters = filters or Filters()
+        """Retriever.search, with each hit's document; `filters` are pushed into the vector stores' search."""
         _current.operation = operation
-        retriever = handle.retriever
         if (fusion or self.settings.retrieve.fusion) == "calibrated":
             self.warm_calibration(handle)
-        spaces = None
-        if filters.modalities:
-            names = [enc.space for enc in self.encoders] + ["lexical"]
-            spaces = [f"{name}.{m}" for name in names for m in filters.modalities]
-        largest = max((len(ix) for ix in list(handle.collection.indexes.values())), default=0)
-        depth = max(k * 3, 30)
         documents: dict[int, Document] = {}
 
-        def keep(item: Item, doc: Document) -> bool:
-            if not filters.accepts(doc):
-                return False
+        def remember(item: Item, doc: Document) -> bool:
             documents[item.id] = doc  # the hit's document, without asking the database again
             return True
 
-        while True:
-            hits = retriever.search(
-                text, image, k, spaces=spaces, fusion=fusion, item_filter=keep, depth=depth
-            )
-            if not filters.selective or len(hits) >= k or depth >= largest:
-                return [FoundItem(hit, documents[hit.item_id]) for hit in hits]
-            depth = min(depth * 8, largest)
+        hits = handle.retriever.search(text, image, k, fusion=fusion, item_filter=remember, filters=filters)
+        return [FoundItem(hit, documents[hit.item_id]) for hit in hits]

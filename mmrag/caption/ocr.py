@@ -54,8 +54,13 @@ class RapidOcrEngine:
                 from rapidocr_onnxruntime import RapidOCR
             except ImportError as exc:
                 raise ConfigError(f"OCR needs RapidOCR: pip install {_PACKAGE}") from exc
+            from mmrag.threads import onnx_threads
+
+            threads = onnx_threads()  # set by the CLI and the service (mmrag.threads); None: ORT's default
             try:
-                self._engine = RapidOCR(text_score=self.min_score)
+                self._engine = RapidOCR(
+                    text_score=self.min_score, **({"intra_op_num_threads": threads} if threads else {})
+                )
             except Exception as exc:  # missing or corrupt ONNX files inside the wheel
                 raise ConfigError(f"cannot start RapidOCR ({_PACKAGE}): {exc}") from exc
 

@@ -4,12 +4,18 @@ The database is the source of truth; an index is a cache of the vectors stored t
 rebuilt from it. So this module knows nothing about the database: it takes (ids, vectors) and gives back
 ids. Scores are inner products of L2-normalised vectors, i.e. cosine similarity.
 
-Two layouts, chosen by size at rebuild time:
+Three layouts, chosen at rebuild time: flat below settings.ivf_min_items, else settings.ann (IVF or HNSW).
 - "flat": IndexIDMap2 around an inner-product IndexFlat. Exact. IDMap2 keeps the id -> position map in
   step with the flat index's renumbering on removal.
 - "ivf{nlist},flat": IndexIVFFlat with its own add_with_ids/remove_ids. The inverted lists store the
   64-bit ids themselves, so it is never wrapped in IndexIDMap: IDMap's remove_ids assumes the flat-style
   renumbering that IVF does not do, and returns the wrong ids afterwards (faiss issues #1379, #4535).
+  Trained on a sample of 64 points per list (FAISS asks for 39-256), with sqrt(n / 2) lists: a million
+  vectors build in under a minute on two cores (sizing and measurements: `choose_nlist`).
+- "hnsw{M},flat": IndexIDMap2 around an IndexHNSWFlat graph. No training, fast and accurate queries, but
+  slower to build than IVF and FAISS's HNSW cannot delete: a removed vector stays in the graph with its
+  id set to -1 and is filtered out of every search (IDSelector), so it costs memory and a little search
+  time until the next rebuild. Searches run on the CPU (FAISS has no GPU HNSW).
 
 On disk a directory holds `index.faiss` and `manifest.json`; the manifest carries the sha256 of the index
 file so that a pair torn by a kill between the two renames is detected on load.
@@ -48,8 +54,14 @@ _NORM_TOLERANCE = 1e-3
 # faiss k-means warns (and trains poor centroids) with fewer training points than this per list.
 _MIN_POINTS_PER_LIST = 39
 _MAX_NLIST = 65536
-# Training on more than this many points per list adds time without better centroids.
-_MAX_TRAIN_POINTS_PER_LIST = 256
+# Training points per list: inside FAISS's 39-256, where more points move the centroids too little to
+# change recall (measured on real MiniLM vectors, bench/ann.py) while training time grows with them.
+TRAIN_POINTS_PER_LIST = 64
+# Lists an auto nprobe searches. On real clustered embeddings (bench/ann.py) recall@10 against exact search
+# follows the number of lists probed more than their share: 64 gave 0.980 at 100k (224 lists) and 0.962 at
+# 1M (707 lists), and 0.95-0.96 at 1M with 500 or 1,000 lists (README "Throughput and latency").
+AUTO_NPROBE = 64
+_LIVE_IDS = faiss.IDSelectorRange(0, np.iinfo(np.int64).max)  # HNSW entries of removed ids carry id -1
 
 
 class VectorInputError(MmragError, ValueError):
@@ -63,8 +75,8 @@ class IndexManifest:
     space: str  # embedding space, e.g. "clip", "text"
     model_id: str  # e.g. "open_clip:ViT-B-32/laion2b_s34b_b79k"
     dim: int
-    count: int
-    index_type: str  # "flat" | "ivf{nlist},flat"
+    count: int  # vectors searchable (an HNSW file may also hold removed ones, id -1)
+    index_type: str  # "flat" | "ivf{nlist},flat" | "hnsw{M},flat"
     metric: str = METRIC
     index_sha256: str  # of the saved index file; "" for an index never saved or loaded
     format_version: int = FORMAT_VERSION
@@ -191,10 +203,10 @@ class VectorIndex:
             raise IndexCorruptError(f"index file {index_path} cannot be read by faiss: {exc}") from exc
         del data
 
-        problem = _mismatch(index, manifest)
+        ids = _stored_ids(index) if _layout(index) is not None else np.empty(0, dtype=np.int64)
+        problem = _mismatch(index, manifest, len(ids))
         if problem:
             raise IndexCorruptError(f"index file {index_path} does not match its manifest: {problem}")
-        ids = _stored_ids(index)
         if len(np.unique(ids)) != len(ids):
             raise IndexCorruptError(f"index file {index_path} holds duplicate ids")
         return cls(
@@ -240,7 +252,11 @@ class VectorIndex:
             present = wanted[_contained_in(wanted, self._ids)]
             if present.size == 0:
                 return 0
-            removed = int(self._index.remove_ids(present))
+            removed = (
+                _hide_ids(self._index, present)
+                if _is_hnsw(self._index)
+                else int(self._index.remove_ids(present))
+            )
             self._ids = self._ids[~_contained_in(self._ids, present)]
             self._changed()
             if removed != present.size:
@@ -252,7 +268,8 @@ class VectorIndex:
             return removed
 
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Replace the contents, choosing the layout by size: IVF from settings.ivf_min_items up, else flat.
+        """Replace the contents, choosing the layout by size: settings.ann (IVF or HNSW) from
+        settings.ivf_min_items up, else flat. A rebuild also drops an HNSW index's removed entries.
 
         The new index is built (and an IVF trained) before the swap, so searches keep answering from the
         old contents meanwhile; adds made during a rebuild are replaced along with everything else.
@@ -261,7 +278,9 @@ class VectorIndex:
         vectors = _checked_vectors(vectors, self._dim, "vectors")
         if len(ids) != len(vectors):
             raise VectorInputError(f"got {len(ids)} ids for {len(vectors)} vectors")
-        if len(ids) >= self._settings.ivf_min_items:
+        if len(ids) >= self._settings.ivf_min_items and self._settings.ann == "hnsw":
+            index = _new_hnsw(ids, vectors, self._settings)
+        elif len(ids) >= self._settings.ivf_min_items:
             index = _new_ivf(ids, vectors)
         else:
             index = _new_flat(self._dim)
@@ -274,11 +293,14 @@ class VectorIndex:
             self._ids = sorted_ids
             self._changed()
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The k best ids per query, best first: (scores float32 (n, k), ids int64 (n, k)).
 
         Slots beyond what the index holds (k > len, or an IVF probe that found fewer) have id -1 and
-        score -inf. A single 1-D query is treated as a batch of one.
+        score -inf. A single 1-D query is treated as a batch of one. `allowed` (ids) restricts the search to
+        those ids inside FAISS (an IDSelector), so k of them come back whenever k are in the index.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise VectorInputError(f"k must be a positive integer; got {k!r}")
@@ -287,14 +309,52 @@ class VectorIndex:
         scores = np.full((len(batch), k), -np.inf, dtype=np.float32)
         labels = np.full((len(batch), k), -1, dtype=np.int64)
         with self._lock:
-            k_found = min(k, self._index.ntotal)
-            if len(batch) == 0 or k_found == 0:
-                return scores, labels
-            found_scores, found_ids = self._searcher(k_found).search(batch, k_found)
+            if allowed is not None:
+                found_scores, found_ids = self._search_allowed(batch, k, _as_id_array(allowed))
+                k_found = found_ids.shape[1]
+            else:
+                k_found = min(k, self._index.ntotal)
+                if len(batch) == 0 or k_found == 0:
+                    return scores, labels
+                searcher = self._searcher(k_found)
+                if _is_hnsw(self._index):
+                    found_scores, found_ids = searcher.search(batch, k_found, params=self._hnsw_params())
+                else:
+                    found_scores, found_ids = searcher.search(batch, k_found)
         scores[:, :k_found] = found_scores
         labels[:, :k_found] = found_ids
         scores[labels < 0] = -np.inf  # faiss marks a missing result with -FLT_MAX
         return scores, labels
+
+    def _search_allowed(
+        self, batch: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Search only `allowed` (on the CPU: GPU indexes take no IDSelector). An IVF probe of nprobe lists
+        may hold fewer than k allowed ids; then every list is probed, which is exact over the allowed ids
+        (the scan tests the selector before computing a distance, so it costs little more than a flat scan
+        of the allowed vectors)."""
+        present = np.unique(allowed)
+        present = present[_contained_in(present, self._ids)]
+        k_found = min(k, present.size)
+        if len(batch) == 0 or k_found == 0:
+            return np.zeros((len(batch), 0), np.float32), np.zeros((len(batch), 0), np.int64)
+        selector = faiss.IDSelectorBatch(present)  # hidden HNSW entries (id -1) are never in it
+        if not isinstance(self._index, faiss.IndexIVF):
+            params = faiss.SearchParametersHNSW() if _is_hnsw(self._index) else faiss.SearchParameters()
+            if _is_hnsw(self._index):
+                params.efSearch = max(self._settings.hnsw_ef_search, k_found)
+            params.sel = selector
+            found_scores, found_ids = self._index.search(batch, k_found, params=params)
+            if (found_ids < 0).any():  # a graph index (HNSW) can lose a very selective filter's items
+                return _exact_among(self._index, batch, k_found, present)
+            return found_scores, found_ids
+        nlist = self._index.nlist
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=choose_nprobe(nlist, self._settings.nprobe))
+        found_scores, found_ids = self._index.search(batch, k_found, params=params)
+        if (found_ids < 0).any() and params.nprobe < nlist:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nlist)
+            found_scores, found_ids = self._index.search(batch, k_found, params=params)
+        return found_scores, found_ids
 
     def ids(self) -> np.ndarray:
         """All ids present, int64, sorted ascending."""
@@ -303,7 +363,7 @@ class VectorIndex:
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._index.ntotal)
+            return int(self._ids.size)
 
     # ---- persistence --------------------------------------------------------------------------------
 
@@ -363,7 +423,7 @@ class VectorIndex:
             space=self._space,
             model_id=self._model_id,
             dim=self._dim,
-            count=int(self._index.ntotal),
+            count=int(self._ids.size),
             index_type=_layout(self._index) or "unknown",
             index_sha256=index_sha256,
             updated_at=self._updated_at,
@@ -373,9 +433,17 @@ class VectorIndex:
         self._gpu_index = None
         self._updated_at = _now()
 
+    def _hnsw_params(self) -> faiss.SearchParametersHNSW:
+        # A fresh object per search: IndexIDMap swaps its selector in place while it searches.
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = self._settings.hnsw_ef_search
+        if self._ids.size != self._index.ntotal:  # removed entries (id -1) remain in the graph
+            params.sel = _LIVE_IDS
+        return params
+
     def _searcher(self, k: int) -> faiss.Index:
         """The index to search: the GPU clone (made now if stale) or, failing that, the CPU master."""
-        if self.device != "gpu" or k > gpu.GPU_MAX_K:
+        if self.device != "gpu" or k > gpu.GPU_MAX_K or _is_hnsw(self._index):
             return self._index
         if self._gpu_index is None:
             try:
@@ -395,46 +463,109 @@ def _new_flat(dim: int) -> faiss.Index:
 
 
 def choose_nlist(count: int) -> int:
-    """IVF list count for `count` vectors: about 4*sqrt(n), with enough points per list to train on."""
-    return max(1, min(round(4 * math.sqrt(count)), count // _MIN_POINTS_PER_LIST, _MAX_NLIST))
+    """IVF list count for `count` vectors: sqrt(n / 2), and never fewer than 39 points per list.
+
+    Build time is k-means (training points x lists) plus assigning every vector to a list (n x lists), so
+    it grows with lists; a query scans nprobe lists of n / nlist vectors each. FAISS's rule of thumb for
+    the fastest search is 4-16 sqrt(n) lists, which took 8.7 minutes to build at 1M on two cores (4,000
+    lists); at sqrt(n / 2), 707 lists on 45,000 training points build in well under a minute there, and a
+    query at 1M scans 9% of the vectors (AUTO_NPROBE lists) for recall@10 >= 0.95.
+    """
+    return max(1, min(round(math.sqrt(count / 2)), count // _MIN_POINTS_PER_LIST, _MAX_NLIST))
+
+
+def choose_nprobe(nlist: int, setting: int = 0) -> int:
+    """Lists searched per query: the setting when positive, else AUTO_NPROBE; never more than there are."""
+    return min(nlist, setting if setting > 0 else AUTO_NPROBE)
+
+
+def training_size(count: int, nlist: int) -> int:
+    """Vectors k-means trains the IVF centroids on: TRAIN_POINTS_PER_LIST per list, at most all of them."""
+    return min(count, TRAIN_POINTS_PER_LIST * nlist)
 
 
 def _new_ivf(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
     count, dim = vectors.shape
     nlist = choose_nlist(count)
     index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    train_size = min(count, _MAX_TRAIN_POINTS_PER_LIST * nlist)
+    train_size = training_size(count, nlist)
     # A fixed seed makes a rebuild from the same database reproducible.
     sample = np.random.default_rng(0).choice(count, size=train_size, replace=False)
     started = time.perf_counter()
     index.train(vectors[np.sort(sample)])
+    trained = time.perf_counter()
     index.add_with_ids(vectors, ids)
     log.info(
-        "built IVF index: %d vectors, %d lists, trained on %d in %.1f s",
+        "built IVF index: %d vectors, %d lists, trained on %d in %.1f s, added in %.1f s",
         count,
         nlist,
         train_size,
-        time.perf_counter() - started,
+        trained - started,
+        time.perf_counter() - trained,
     )
     return index
 
 
+def _exact_among(
+    index: faiss.Index, batch: np.ndarray, k: int, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search over the vectors of `ids` alone, read back from the index."""
+    vectors = np.vstack([index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+    scores = batch @ vectors.T
+    best = np.argsort(-scores, axis=1)[:, :k]
+    return np.take_along_axis(scores, best, axis=1), ids[best]
+
+
+def _new_hnsw(ids: np.ndarray, vectors: np.ndarray, settings: IndexSettings) -> faiss.Index:
+    count, dim = vectors.shape
+    index = faiss.index_factory(dim, f"IDMap2,HNSW{settings.hnsw_m},Flat", faiss.METRIC_INNER_PRODUCT)
+    faiss.downcast_index(index.index).hnsw.efConstruction = settings.hnsw_ef_construction
+    started = time.perf_counter()
+    index.add_with_ids(vectors, ids)
+    log.info(
+        "built HNSW index: %d vectors, M=%d in %.1f s", count, settings.hnsw_m, time.perf_counter() - started
+    )
+    return index
+
+
+def _is_hnsw(index: faiss.Index) -> bool:
+    return isinstance(index, faiss.IndexIDMap2) and isinstance(
+        faiss.downcast_index(index.index), faiss.IndexHNSW
+    )
+
+
+def _hide_ids(index: faiss.Index, ids: np.ndarray) -> int:
+    """Remove ids from an IDMap2-wrapped HNSW graph, which cannot delete: their entries get id -1, which
+    searches filter out (_LIVE_IDS). Returns how many entries were hidden."""
+    id_map = faiss.vector_to_array(index.id_map)
+    hidden = np.isin(id_map, ids)
+    id_map[hidden] = -1
+    faiss.copy_array_to_vector(id_map, index.id_map)
+    index.construct_rev_map()
+    return int(hidden.sum())
+
+
 def _configure(index: faiss.Index, settings: IndexSettings) -> faiss.Index:
     if isinstance(index, faiss.IndexIVF):
-        index.nprobe = min(settings.nprobe, index.nlist)
+        index.nprobe = choose_nprobe(index.nlist, settings.nprobe)
+    elif _is_hnsw(index):
+        faiss.downcast_index(index.index).hnsw.efSearch = settings.hnsw_ef_search
     return index
 
 
 def _layout(index: faiss.Index) -> str | None:
     """The manifest's index_type for an index of a supported layout, else None."""
     if isinstance(index, faiss.IndexIDMap2):
-        return "flat" if isinstance(faiss.downcast_index(index.index), faiss.IndexFlat) else None
+        inner = faiss.downcast_index(index.index)
+        if isinstance(inner, faiss.IndexHNSWFlat):
+            return f"hnsw{inner.hnsw.nb_neighbors(1)},flat"
+        return "flat" if isinstance(inner, faiss.IndexFlat) else None
     if isinstance(index, faiss.IndexIVFFlat):
         return f"ivf{index.nlist},flat"
     return None
 
 
-def _mismatch(index: faiss.Index, manifest: IndexManifest) -> str | None:
+def _mismatch(index: faiss.Index, manifest: IndexManifest, live: int) -> str | None:
     layout = _layout(index)
     if layout is None:
         return f"unsupported index class {type(index).__name__}"
@@ -442,17 +573,18 @@ def _mismatch(index: faiss.Index, manifest: IndexManifest) -> str | None:
         return f"layout {layout!r}, manifest says {manifest.index_type!r}"
     if index.d != manifest.dim:
         return f"dimension {index.d}, manifest says {manifest.dim}"
-    if index.ntotal != manifest.count:
-        return f"{index.ntotal} vectors, manifest says {manifest.count}"
+    if live != manifest.count:
+        return f"{live} vectors, manifest says {manifest.count}"
     if index.metric_type != faiss.METRIC_INNER_PRODUCT or manifest.metric != METRIC:
         return f"metric is not {METRIC}"
     return None
 
 
 def _stored_ids(index: faiss.Index) -> np.ndarray:
-    """The ids held by the index itself (not the cached mirror), sorted."""
+    """The ids the index itself holds (not the cached mirror), sorted; hidden HNSW entries (-1) left out."""
     if isinstance(index, faiss.IndexIDMap2):
-        return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64, copy=False))
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+        return np.sort(ids[ids >= 0])
     if isinstance(index, faiss.IndexIVF):
         lists = index.invlists
         parts = [np.empty(0, dtype=np.int64)]

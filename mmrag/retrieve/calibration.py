@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select
 
-from mmrag.collection import Collection, unpack_vectors
+from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
-from mmrag.store.models import Item, ItemVector
+from mmrag.store import items
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +55,7 @@ def _query_texts(collection: Collection, rng: random.Random) -> list[str]:
 
     labels = list(imagenet_labels())
     prompts = [f"a photo of a {label}" for label in rng.sample(labels, SAMPLE_QUERIES // 2)]
-    with collection.db.session() as session:
-        texts = session.scalars(
-            select(Item.text).where(Item.collection == collection.name, Item.text.is_not(None)).limit(5000)
-        ).all()
+    texts = items.sample_texts(collection.db, collection.name)
     snippets = [
         " ".join(t.split()[:12]) for t in rng.sample(list(texts), min(len(texts), SAMPLE_QUERIES // 2))
     ]
@@ -70,28 +66,7 @@ def _sample_vectors(
     collection: Collection, space: str, dim: int, rng: random.Random
 ) -> dict[str, np.ndarray]:
     """Up to SAMPLE_ITEMS stored vectors per modality in one space."""
-    out: dict[str, np.ndarray] = {}
-    with collection.db.session() as session:
-        modalities = session.scalars(
-            select(Item.modality)
-            .distinct()
-            .join(ItemVector, ItemVector.item_id == Item.id)
-            .where(Item.collection == collection.name, ItemVector.space == space)
-        ).all()
-        for modality in modalities:
-            ids = session.scalars(
-                select(Item.id)
-                .join(ItemVector, ItemVector.item_id == Item.id)
-                .where(
-                    Item.collection == collection.name, ItemVector.space == space, Item.modality == modality
-                )
-            ).all()
-            chosen = rng.sample(list(ids), min(len(ids), SAMPLE_ITEMS))
-            blobs = session.scalars(
-                select(ItemVector.vector).where(ItemVector.space == space, ItemVector.item_id.in_(chosen))
-            ).all()
-            out[modality] = unpack_vectors(list(blobs), dim)
-    return out
+    return items.sample_vectors(collection.db, collection.name, space, dim, SAMPLE_ITEMS, rng)
 
 
 def _background(queries: np.ndarray, items: np.ndarray) -> tuple[float, float] | None:
@@ -138,13 +113,7 @@ def _lexical_backgrounds(collection: Collection, texts: list[str]) -> dict[str, 
     with collection.db.session() as session:
         if not lexical.available(session):
             return {}
-        counts = dict(
-            session.execute(
-                select(Item.modality, func.count())
-                .where(Item.collection == collection.name, Item.text.is_not(None))
-                .group_by(Item.modality)
-            ).all()
-        )
+        counts = items.text_counts_by_modality(session, collection.name)
         total = squares = 0.0
         for position, text in enumerate(texts):
             found = lexical.search(session, collection.name, text, LEXICAL_BACKGROUND_DEPTH, list(counts))
@@ -161,14 +130,7 @@ def _lexical_backgrounds(collection: Collection, texts: list[str]) -> dict[str, 
 
 
 def space_counts(collection: Collection) -> dict[str, int]:
-    with collection.db.session() as session:
-        rows = session.execute(
-            select(ItemVector.space, func.count())
-            .join(Item, Item.id == ItemVector.item_id)
-            .where(Item.collection == collection.name)
-            .group_by(ItemVector.space)
-        ).all()
-    return {space: int(n) for space, n in rows}
+    return items.vector_counts_by_space(collection.db, collection.name)
 
 
 def load_or_fit(collection: Collection, encoders: list[TextEncoder]) -> Calibration:

@@ -14,6 +14,8 @@ from PIL import Image
 from mmrag.caption.base import Captioner
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
+from mmrag.filters import Filters
+from mmrag.index.base import split_key
 from mmrag.ingest.images import fit_for_model
 from mmrag.ingest.listpages import LIST_PAGE_KEY
 from mmrag.retrieve.calibration import Calibration, load_or_fit
@@ -104,16 +106,23 @@ class Retriever:
         return self._calibration
 
     def ranked_lists(
-        self, text: str | None, image: Image.Image | None, depth: int, spaces: Sequence[str] | None = None
+        self,
+        text: str | None,
+        image: Image.Image | None,
+        depth: int,
+        spaces: Sequence[str] | None = None,
+        filters: Filters | None = None,
     ) -> dict[str, list[tuple[int, float]]]:
         """`spaces` restricts the search to spaces ("text", "lexical"), single indexes ("text.image",
-        "lexical.text") or every embedding space ("dense"); None = all."""
+        "lexical.text") or every embedding space ("dense"); None = all. `filters` restricts it to the items
+        they accept, inside each index's search (the lexical list's too)."""
         lists: dict[str, list[tuple[int, float]]] = {}
         for enc in self.encoders:
             wanted = [
                 m
                 for m in self.collection.modalities(enc.space)
-                if spaces is None or {enc.space, DENSE, f"{enc.space}.{m}"} & set(spaces)
+                if (spaces is None or {enc.space, DENSE, f"{enc.space}.{m}"} & set(spaces))
+                and (filters is None or filters.wants_modality(m))
             ]
             if not wanted:
                 continue
@@ -134,25 +143,29 @@ class Retriever:
             for kind, vec in queries.items():
                 for modality in wanted:
                     with self._stage("search"):
-                        scores, ids = self.collection.search(enc.space, modality, vec, depth)
+                        scores, ids = self.collection.search(enc.space, modality, vec, depth, filters)
                     lists[f"{enc.space}:{kind}>{modality}"] = [
                         (int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
                     ]
         if text and self.lexical:
-            lists.update(self._lexical_lists(text, depth, spaces))
+            lists.update(self._lexical_lists(text, depth, spaces, filters))
         return lists
 
     def _lexical_lists(
-        self, text: str, depth: int, spaces: Sequence[str] | None
+        self, text: str, depth: int, spaces: Sequence[str] | None, filters: Filters | None
     ) -> dict[str, list[tuple[int, float]]]:
         """BM25 lists, one per modality the collection holds, named like the dense ones."""
-        modalities = sorted({key.partition(".")[2] for key in list(self.collection.indexes)})
-        wanted = [m for m in modalities if spaces is None or {LEXICAL, f"{LEXICAL}.{m}"} & set(spaces)]
+        modalities = sorted({split_key(key)[1] for key in self.collection.index_keys()})
+        wanted = [
+            m
+            for m in modalities
+            if (spaces is None or {LEXICAL, f"{LEXICAL}.{m}"} & set(spaces))
+            and (filters is None or filters.wants_modality(m))
+        ]
         if not wanted:
             return {}
-        with self._stage("lexical"), self.collection.db.session() as session:
-            common = (self._common_words, self.collection.generation)
-            found = lexical_index.search(session, self.collection.name, text, depth, wanted, common)
+        with self._stage("lexical"):
+            found = self.collection.lexical_search(text, depth, wanted, filters, self._common_words)
         return {f"{LEXICAL}:text>{modality}": ranked for modality, ranked in found.items()}
 
     def search(
@@ -164,9 +177,12 @@ class Retriever:
         fusion: str | None = None,
         item_filter: ItemFilter | None = None,
         depth: int | None = None,
+        filters: Filters | None = None,
     ) -> list[Hit]:
-        """`item_filter` keeps only the items it accepts, before fusion; with a selective filter pass a
-        larger `depth` (how deep each list is searched) so that k items survive it."""
+        """`filters` (modalities, documents, folders, metadata) are applied inside each index's search, so
+        k hits come back whenever k items match. `item_filter` keeps only the items it accepts, after the
+        search and before fusion (a test the stores cannot run; pass a larger `depth`, how deep each list
+        is searched, so that enough items survive it)."""
         if not text and image is None:
             raise ValueError("a query needs text, an image, or both")
         if k < 1:
@@ -180,8 +196,10 @@ class Retriever:
         depth = max(depth or 0, k * (5 if self.group_pages else 3), 30)
         if self.reranker is not None and text:
             depth = max(depth, self.rerank_top_n)
-        lists = self.ranked_lists(text, image, depth, spaces)
+        lists = self.ranked_lists(text, image, depth, spaces, filters)
         rows = self.collection.items_by_id({i for ranked in lists.values() for i, _ in ranked})
+        if filters is not None and filters.narrows_items:  # a store's stale entry never slips through
+            rows = {i: r for i, r in rows.items() if filters.accepts_document(r[1].id, r[1].path, r[1].meta)}
         if item_filter is not None:
             rows = {i: row for i, row in rows.items() if item_filter(*row)}
         # an index entry the database no longer has is never returned

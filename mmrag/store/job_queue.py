@@ -27,12 +27,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from mmrag.errors import MmragError
+from mmrag.settings import Settings
 from mmrag.store.db import Database
+from mmrag.store.jobs import UNFINISHED
 from mmrag.store.models import Job, Replica
 
 log = logging.getLogger(__name__)
 
-UNFINISHED = ("queued", "running")
 # Key of the PostgreSQL advisory lock around replica registration ("mmrag" + 2): two replicas starting
 # together must see each other.
 REPLICA_LOCK_KEY = 0x6D6D726167_000002
@@ -42,12 +43,23 @@ class SecondWriterRefused(MmragError):
     """A replica that would make a second writer of a single-writer vector store (FAISS)."""
 
 
-def vector_store_kind(settings: Any) -> str:
-    """faiss (one writer per database) or a store that replicas share (index.backend, issue #10)."""
-    return str(getattr(settings.index, "backend", "faiss"))
+def vector_store_kind(settings: Settings) -> str:
+    """The replica's vector store (index.backend): a cache in each process (FAISS) or a store they share."""
+    return settings.index.backend
 
 
-def check_can_serve(settings: Any) -> None:
+def single_writer(kind: str) -> bool:
+    """A store that is a cache in each process (FAISS) admits one writer per database; a durable store
+    (Milvus) is shared by every replica. A backend this replica cannot load counts as single-writer."""
+    from mmrag.index.base import store_class
+
+    try:
+        return not store_class(kind).durable
+    except MmragError:
+        return True
+
+
+def check_can_serve(settings: Settings) -> None:
     """Raises SecondWriterRefused when a replica with these settings would be refused."""
     db = Database(settings.db_url)
     try:
@@ -200,8 +212,8 @@ class JobQueue:
         alive = session.scalars(
             select(Replica).where(Replica.id != self.replica_id, Replica.seen_at >= now - self.lease)
         ).all()
-        single = [r for r in alive if r.vector_store == "faiss"]
-        if alive and (vector_store == "faiss" or single):
+        single = [r for r in alive if single_writer(r.vector_store)]
+        if alive and (single_writer(vector_store) or single):
             other = (single or alive)[0]
             backend = other.vector_store if single else vector_store
             raise SecondWriterRefused(

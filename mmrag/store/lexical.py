@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 TABLE = "item_lexical"
 POSTGRES_CONFIG = "english"  # as in migration 0008
 MAX_QUERY_TERMS = 32  # a pasted paragraph is still a query, not a scan of every posting list
+_DOCUMENT_CHUNK = 5000  # document ids per IN (...) list on SQLite (32,766 parameters at most)
 _K1, _B = 1.2, 0.75
 _WORD = re.compile(r"[^\W_]+")
 # Dropped from queries (not from the index) unless nothing else is left: they match nearly every item, so
@@ -144,34 +146,55 @@ def search(
     depth: int,
     modalities: Sequence[str],
     common: tuple[CommonWords, int] | None = None,
+    documents: Sequence[int] | None = None,
 ) -> dict[str, list[tuple[int, float]]]:
     """Modality -> up to `depth` (item id, BM25 score) pairs, best first, for the items of `collection`
     that hold any word of `text`. Empty when the query has no words or the database no lexical index.
     `common`: (a CommonWords cache, the database generation it is valid for) leaves out words that carry
-    no weight."""
+    no weight. `documents`: only the items of these documents (a search filter, applied inside the
+    search as the vector stores apply it, so a selective filter still gets `depth` hits); None = all."""
     terms = query_terms(text)
+    if documents is not None and not documents:
+        return {}
     if not terms or not modalities or depth < 1 or not available(session):
         return {}
     if common is not None:
         terms = common[0].drop(session, terms, common[1])
     if session.get_bind().dialect.name == "sqlite":
-        return _search_sqlite(session, collection, terms, depth, modalities)
-    return _search_postgres(session, collection, terms, depth, modalities)
+        return _search_sqlite(session, collection, terms, depth, modalities, documents)
+    return _search_postgres(session, collection, terms, depth, modalities, documents)
 
 
 def _search_sqlite(
-    session: Session, collection: str, terms: list[str], depth: int, modalities: Sequence[str]
+    session: Session,
+    collection: str,
+    terms: list[str],
+    depth: int,
+    modalities: Sequence[str],
+    documents: Sequence[int] | None,
 ) -> dict[str, list[tuple[int, float]]]:
     match = " OR ".join(f'"{term}"' for term in terms)  # terms hold letters and digits only
+    plain = sql(
+        f"SELECT rowid, rank FROM {TABLE} WHERE {TABLE} MATCH :q AND collection = :c "
+        "AND modality = :m ORDER BY rank LIMIT :n"
+    )
+    restricted = sql(
+        f"SELECT {TABLE}.rowid, {TABLE}.rank FROM {TABLE} JOIN items ON items.id = {TABLE}.rowid "
+        f"WHERE {TABLE} MATCH :q AND {TABLE}.collection = :c AND {TABLE}.modality = :m "
+        f"AND items.document_id IN :ds ORDER BY {TABLE}.rank LIMIT :n"
+    ).bindparams(bindparam("ds", expanding=True))
+    ids = sorted({int(d) for d in documents}) if documents is not None else []
     out: dict[str, list[tuple[int, float]]] = {}
     for modality in modalities:
-        rows = session.execute(
-            sql(
-                f"SELECT rowid, rank FROM {TABLE} WHERE {TABLE} MATCH :q AND collection = :c "
-                "AND modality = :m ORDER BY rank LIMIT :n"
-            ),
-            {"q": match, "c": collection, "m": modality, "n": depth},
-        ).all()
+        params = {"q": match, "c": collection, "m": modality, "n": depth}
+        if documents is None:
+            rows = session.execute(plain, params).all()
+        else:  # the best `depth` of each chunk of documents, then the best `depth` of those
+            rows = []
+            for start in range(0, len(ids), _DOCUMENT_CHUNK):
+                chunk = ids[start : start + _DOCUMENT_CHUNK]
+                rows.extend(session.execute(restricted, {**params, "ds": chunk}).all())
+            rows = sorted(rows, key=lambda row: (row[1], row[0]))[:depth]
         if rows:
             out[modality] = [
                 (int(item_id), -float(rank)) for item_id, rank in rows
@@ -201,7 +224,7 @@ scored AS (
   FROM {TABLE} l CROSS JOIN stats s
   CROSS JOIN LATERAL (SELECT x.lexeme, array_length(x.positions, 1) AS tf FROM unnest(l.tsv) x) u
   JOIN weights w ON w.lexeme = u.lexeme
-  WHERE l.collection = :c AND l.modality = ANY(:ms)
+  WHERE l.collection = :c AND l.modality = ANY(:ms) {{restriction}}
     AND l.tsv @@ (SELECT array_to_string(array_agg(quote_literal(lexeme)), ' | ')::tsquery FROM matched)
   GROUP BY l.item_id, l.modality
 ),
@@ -215,12 +238,19 @@ SELECT item_id, modality, score FROM ranked WHERE position <= :n ORDER BY modali
 
 
 def _search_postgres(
-    session: Session, collection: str, terms: list[str], depth: int, modalities: Sequence[str]
+    session: Session,
+    collection: str,
+    terms: list[str],
+    depth: int,
+    modalities: Sequence[str],
+    documents: Sequence[int] | None,
 ) -> dict[str, list[tuple[int, float]]]:
-    rows = session.execute(
-        sql(_POSTGRES_BM25),
-        {"q": " ".join(terms), "c": collection, "ms": list(modalities), "n": depth},
-    ).all()
+    params: dict[str, Any] = {"q": " ".join(terms), "c": collection, "ms": list(modalities), "n": depth}
+    restriction = ""
+    if documents is not None:
+        restriction = "AND l.item_id IN (SELECT id FROM items WHERE document_id = ANY(:ds))"
+        params["ds"] = sorted({int(d) for d in documents})
+    rows = session.execute(sql(_POSTGRES_BM25.replace("{restriction}", restriction)), params).all()
     out: dict[str, list[tuple[int, float]]] = {}
     for item_id, modality, score in rows:
         out.setdefault(modality, []).append((int(item_id), float(score)))

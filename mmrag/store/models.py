@@ -200,6 +200,22 @@ class ImageGroup(Base):
     group_id: Mapped[int] = mapped_column(BigInteger)  # the id of the group's first item
 
 
+class PendingVector(Base):
+    """An item whose vectors a durable vector store (Milvus) has not acknowledged yet: written in the same
+    transaction as the item (op "upsert") or its deletion (op "delete"), removed once the store acknowledged
+    the operation. An item is indexed when it has no row here; rows left by a killed process are retried.
+    Item ids are never reused, so an item's row only ever goes from upsert to delete. No foreign key: a
+    deleted item keeps its row until the store has dropped it too. A cache-type store (FAISS) writes none."""
+
+    __tablename__ = "pending_vectors"
+    __table_args__ = (Index("ix_pending_vectors_collection", "collection"),)
+
+    item_id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=False)
+    collection: Mapped[str] = mapped_column(String(64))
+    op: Mapped[str] = mapped_column(String(8))  # upsert | delete
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ApiKey(Base):
     """An API key an admin made at run time (POST /v1/keys): only its sha256 digest is kept."""
 

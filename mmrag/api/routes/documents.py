@@ -13,7 +13,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
 from mmrag.api.deps import (
@@ -45,7 +44,8 @@ from mmrag.errors import ExtractionError
 from mmrag.ingest.discover import sniff_kind
 from mmrag.ingest.items import FileKind
 from mmrag.ingest.mupdf import pymupdf
-from mmrag.store.models import Document, Item
+from mmrag.store import items as item_rows
+from mmrag.store.models import Document
 
 router = APIRouter(tags=["documents"])
 
@@ -251,15 +251,7 @@ async def list_collections(service: ServiceDep, scope: ScopeDep) -> CollectionLi
 
 def _collections(service: Service, scope: KeyScope) -> CollectionList:
     assert service.db is not None
-    with service.db.session() as session:
-        docs = dict(
-            session.execute(
-                select(Document.collection, func.count())
-                .where(Document.status == "indexed")
-                .group_by(Document.collection)
-            ).all()
-        )
-        items = dict(session.execute(select(Item.collection, func.count()).group_by(Item.collection)).all())
+    docs, items = item_rows.collection_sizes(service.db)
     return CollectionList(
         collections=[
             CollectionOut(name=name, documents=docs.get(name, 0), items=items.get(name, 0))
@@ -290,20 +282,7 @@ def _documents(
     service: Service, collection: str, offset: int, limit: int, status: str | None
 ) -> DocumentList:
     assert service.db is not None
-    where = [Document.collection == collection]
-    if status:
-        where.append(Document.status == status)
-    with service.db.session() as session:
-        total = session.scalar(select(func.count()).select_from(Document).where(*where)) or 0
-        rows = session.execute(
-            select(Document, func.count(Item.id))
-            .outerjoin(Item, Item.document_id == Document.id)
-            .where(*where)
-            .group_by(Document.id)
-            .order_by(Document.id)
-            .offset(offset)
-            .limit(limit)
-        ).all()
+    total, rows = item_rows.list_documents(service.db, collection, offset, limit, status)
     return DocumentList(
         collection=collection,
         total=total,
@@ -347,9 +326,8 @@ async def delete_document(
 
 def _delete(service: Service, handle: Any, document_id: int) -> DeletedDocument:
     assert service.db is not None
-    with service.db.session() as session:
-        doc = session.get(Document, document_id)
-    if doc is None or doc.collection != handle.name:
+    doc = item_rows.document_in(service.db, handle.name, document_id)
+    if doc is None:
         raise ApiError(404, "not_found", f"no document {document_id} in collection {handle.name!r}")
     if not handle.write_lock.acquire(timeout=_DELETE_LOCK_WAIT_S):
         raise ApiError(

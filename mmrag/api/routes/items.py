@@ -25,6 +25,7 @@ from mmrag.api.service import Service
 from mmrag.blobs import BlobError, BlobNotFound, FolderBlobStore, is_s3_url, key_of_location, read_s3_object
 from mmrag.ingest.images import thumbnail_format
 from mmrag.ingest.mupdf import pymupdf
+from mmrag.store.items import item_with_document
 from mmrag.store.models import Document, Item
 
 router = APIRouter(tags=["items"])
@@ -43,12 +44,10 @@ _IMAGE_MAGIC = (
 
 def _load(service: Service, item_id: int, scope: KeyScope) -> tuple[Item, Document]:
     assert service.db is not None
-    with service.db.session() as session:
-        item = session.get(Item, item_id)
-        doc = session.get(Document, item.document_id) if item is not None else None
-    if item is None or doc is None or not scope.allows(item.collection):
+    found = item_with_document(service.db, item_id)
+    if found is None or not scope.allows(found[0].collection):
         raise ApiError(404, "not_found", f"no item {item_id}")
-    return item, doc
+    return found
 
 
 @router.get(

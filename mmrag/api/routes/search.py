@@ -20,8 +20,9 @@ from mmrag.api import answering
 from mmrag.api.deps import CollectionName, ScopeDep, ServiceDep, existing_collection
 from mmrag.api.errors import ApiError, documented, from_validation_error
 from mmrag.api.schemas import AskRequest, AskResponse, HitOut, QueryFilters, QueryRequest, QueryResponse
-from mmrag.api.service import Filters, FoundItem, Service
+from mmrag.api.service import FoundItem, Service
 from mmrag.errors import ExtractionError
+from mmrag.filters import Filters
 from mmrag.ingest.images import load_model_image
 
 router = APIRouter(tags=["search"])
@@ -175,12 +176,14 @@ def decode_image(service: Service, data: bytes, operation: str) -> Image.Image:
         service.metrics.stage(operation, "decode", time.perf_counter() - start)
 
 
-def to_filters(filters: QueryFilters | None) -> Filters:
+def to_filters(service: Service, filters: QueryFilters | None) -> Filters | None:
     if filters is None:
-        return Filters()
-    return Filters(
+        return None
+    data_dir = service.settings.data_dir.resolve()
+    return Filters.of(
         modalities=filters.modality,
-        document_ids=set(filters.document_ids) if filters.document_ids else None,
+        document_ids=filters.document_ids,
+        path_prefixes=[str(data_dir / p) if not p.startswith("/") else p for p in filters.paths or ()],
         metadata=filters.metadata,
     )
 
@@ -201,7 +204,7 @@ def hit_out(service: Service, found: FoundItem) -> HitOut:
         scores=hit.scores,
         calibrated=hit.calibrated,
         more_on_page=hit.more_on_page,
-        also_in=hit.also_in,
+        also_in=[{**copy, "path": service.public_path(copy["path"])} for copy in hit.also_in],
         list_page=hit.list_page,
         image_url=f"/v1/items/{hit.item_id}/image" if hit.modality != "text" else None,
     )
@@ -233,7 +236,7 @@ async def query(
         image=image,
         k=req.k,
         fusion=req.fusion,
-        filters=to_filters(req.filters),
+        filters=to_filters(service, req.filters),
     )
     return QueryResponse(
         collection=collection,
