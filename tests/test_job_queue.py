@@ -16,7 +16,7 @@ import pytest
 
 from mmrag.settings import Settings, load_settings
 from mmrag.store.db import Database
-from mmrag.store.job_queue import JobQueue, SecondWriterRefused
+from mmrag.store.job_queue import MILVUS_LITE, JobQueue, SecondWriterRefused, vector_store_kind
 from mmrag.store.jobs import JobStore
 
 LEASE_S = 30.0
@@ -104,9 +104,21 @@ def test_a_second_writer_of_faiss_is_refused(db: Database) -> None:
     shared = [JobQueue(db, f"shared-{i}", LEASE_S) for i in range(2)]
     for queue in shared:
         queue.register("milvus")  # a store replicas share: any number of them
-    for backend in ("faiss", "nosuch"):  # a store this replica cannot load counts as single-writer
+    for backend in ("faiss", MILVUS_LITE, "nosuch"):  # one a replica cannot load counts as single-writer
         with pytest.raises(SecondWriterRefused):
             JobQueue(db, f"late-{backend}", LEASE_S).register(backend)
+
+
+def test_milvus_lite_on_a_local_path_is_a_single_writer(tmp_path: Path) -> None:
+    """A Milvus URI that is a path is Milvus Lite inside one process: no other replica reaches it."""
+
+    def kind(**index: object) -> str:
+        return vector_store_kind(Settings(data_dir=tmp_path, index=index))
+
+    lite = str(tmp_path / "milvus.db")
+    assert kind(backend="milvus") == kind(backend="milvus", milvus={"uri": lite}) == MILVUS_LITE
+    assert kind(backend="milvus", milvus={"uri": "http://milvus:19530"}) == "milvus"
+    assert kind(backend="faiss") == "faiss"
 
 
 def test_a_restarted_server_resumes_its_job_at_once(db: Database) -> None:

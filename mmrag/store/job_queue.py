@@ -43,20 +43,36 @@ class SecondWriterRefused(MmragError):
     """A replica that would make a second writer of a single-writer vector store (FAISS)."""
 
 
+MILVUS_LITE = "milvus-lite"  # index.backend=milvus on a local path: Milvus Lite inside this one process
+
+
 def vector_store_kind(settings: Settings) -> str:
-    """The replica's vector store (index.backend): a cache in each process (FAISS) or a store they share."""
-    return settings.index.backend
+    """The replica's vector store: index.backend, or milvus-lite when Milvus is a local path (Milvus Lite
+    in this process: no other replica, on this machine or another, reaches that store)."""
+    backend = settings.index.backend
+    if backend == "milvus" and "://" not in settings.milvus_uri:
+        return MILVUS_LITE
+    return backend
 
 
 def single_writer(kind: str) -> bool:
-    """A store that is a cache in each process (FAISS) admits one writer per database; a durable store
-    (Milvus) is shared by every replica. A backend this replica cannot load counts as single-writer."""
+    """A store that is a cache in each process (FAISS), or Milvus Lite in one process, admits one writer per
+    database; a durable store on a server (Milvus) is shared by every replica. A backend this replica cannot
+    load counts as single-writer."""
+    if kind == MILVUS_LITE:
+        return True
     from mmrag.index.base import store_class
 
     try:
         return not store_class(kind).durable
     except MmragError:
         return True
+
+
+def _described(kind: str) -> str:
+    if kind == MILVUS_LITE:
+        return "index.backend=milvus on a local path (Milvus Lite, inside that process)"
+    return f"index.backend={kind}"
 
 
 def check_can_serve(settings: Settings) -> None:
@@ -218,8 +234,8 @@ class JobQueue:
             backend = other.vector_store if single else vector_store
             raise SecondWriterRefused(
                 f"another mmrag serve ({other.host}, pid {other.pid}) writes this database with "
-                f"index.backend={backend}, which keeps one writer: stop it first, or give every "
-                "replica index.backend=milvus (a vector store they share)"
+                f"{_described(backend)}, which keeps one writer: stop it first, or give every replica "
+                "index.backend=milvus on a Milvus server they share (index.milvus.uri=http://HOST:19530)"
             )
 
     def heartbeat(self) -> None:
