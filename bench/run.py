@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -36,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-STEPS = ("startup", "clip", "offline", "pdf", "query", "stores", "ann", "threads")
+STEPS = ("startup", "clip", "offline", "pdf", "runners", "query", "stores", "ann", "threads")
 FULL_SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (2_000, 5_000)
 ANN_SIZES = (100_000, 1_000_000)
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--offline-images", type=int, default=None, help="images for the offline step (default 32)")
     add("--pdf", type=Path, default=GNUPLOT_PDF, help="PDF with an outline (default: gnuplot-doc's manual)")
     add("--pdf-pages", default=None, help="only these pages of the PDF, e.g. 21-60")
+    add("--workers", default=None, help="Ray model workers for the runners step (default 1,2)")
     add("--ivf-max-items", type=int, default=1_000_000, help="query step: IVF only up to this size")
     add("--ann-sizes", default=None, help="sizes for the ann step (default 100000,1000000)")
     add("--hnsw-max-items", type=int, default=100_000, help="ann step: HNSW only up to this size")
@@ -96,6 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.queries = args.queries or (5 if quick else 100)
     args.images = args.images or (4 if quick else 128)
     args.offline_images = args.offline_images or (2 if quick else 32)
+    args.workers = tuple(int(w) for w in (args.workers or ("1" if quick else "1,2")).split(","))
     if args.pdf_pages:
         first, _, last = args.pdf_pages.partition("-")
         args.pdf_pages = (int(first), int(last or first))
@@ -147,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             "hnsw_max_items": args.hnsw_max_items,
             "rounds": args.rounds,
             "threads": args.threads,
+            "workers": args.workers,
             "threads_applied": args.threads_applied,
             "gpu": args.gpu,
         },
         "ingest": {},
+        "runners": {},
         "query": [],
         "stores": [],
     }
@@ -190,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["ingest"]["pdf_pages"] = {
                     "skipped": f"{args.pdf} not found (Debian: apt-get install gnuplot-doc; or pass --pdf)"
                 }
+        if "runners" in steps:
+            _runners_step(results, work, args)
         if "query" in steps:
             console.print(f"[bold]query[/]: sizes {args.sizes}, {args.queries} queries each")
             results["query"] = query.bench_queries(
@@ -245,6 +252,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _runners_step(results: dict[str, Any], work: Path, args: argparse.Namespace) -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        results["runners"] = {"skipped": "the Ray runner needs Ray: pip install 'mmrag[ray]'"}
+        return
+    from bench import runners
+
+    _step(
+        "ingest: local runner vs Ray runner",
+        lambda: runners.bench_runners(work / "runners", args.images, workers=args.workers),
+        results,
+        "runners",
+    )
+
+
 def _ann(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from bench.ann import bench_ann, embedded_corpus
 
@@ -283,6 +306,8 @@ def print_summary(results: dict[str, Any]) -> None:
         print_startup(results["startup"])
     if results["ingest"]:
         print_ingest(results["ingest"])
+    if results.get("runners"):
+        print_runners(results["runners"])
     if results["query"]:
         print_query(results["query"])
     if results.get("ann"):
@@ -356,6 +381,29 @@ def print_ingest(steps: dict[str, Any]) -> None:
         metrics = [f"R@{k} {scores[f'recall@{k}']:.2f}" for k in (1, 5, 10)]
         metrics += [f"MRR {scores['mrr']:.3f}", f"nDCG@10 {scores['ndcg@10']:.3f}"]
         console.print(f"PDF outline queries ({scores['queries']}): " + "  ".join(metrics))
+
+
+def print_runners(result: dict[str, Any]) -> None:
+    if "skipped" in result:
+        console.print(f"runners: skipped ({result['skipped']})")
+        return
+    table = Table(title=f"Runners: {result['count']} images, CLIP road, {result['cores']} cores (same run)")
+    for column in ("runner", "images/s", "vs local"):
+        table.add_column(column, justify="left" if column == "runner" else "right")
+    local = result["images_per_s"]["local"]
+    for name, rate in result["images_per_s"].items():
+        if math.isnan(rate):  # too few images to measure it (--quick)
+            table.add_row(name.replace("_", " "), "n/a", "n/a")
+            continue
+        table.add_row(name.replace("_", " "), f"{rate:,.2f}", f"{rate / local:.2f}")
+    stages = result["stage_rates"]
+    table.caption = (
+        f"stage rates: extract {stages['extract_files_per_s_one_thread']:,.1f} files/s per thread, "
+        f"CLIP {stages['clip_forward_images_per_s_one_worker']:,.1f} images/s per worker "
+        f"(its preprocessing alone {stages['clip_preprocess_images_per_s_one_thread']:,.1f} per thread), "
+        f"commit {stages['commit_files_per_s']:,.1f} files/s"
+    )
+    console.print(table)
 
 
 def print_query(rows: list[dict[str, Any]]) -> None:

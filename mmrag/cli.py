@@ -175,18 +175,38 @@ def _terminate_as_interrupt(signum: int, frame: Any) -> None:
 
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.")],
+    paths: Annotated[list[str], typer.Argument(help="Folders (or files, or s3://bucket/prefix) to index.")],
     prune: Annotated[bool, typer.Option(help="Remove items of files that disappeared under PATHS.")] = False,
     road: Annotated[
         str | None, typer.Option(help="Images go through: clip (image tower), caption (caption + OCR), both.")
     ] = None,
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            help="local (this process, the default) or ray (a Ray cluster: pip install 'mmrag[ray]')."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --runner ray: auto (this machine's cluster) or ray://host:10001; none starts one."
+        ),
+    ] = None,
 ) -> None:
     """Index folders of images, PDFs and text/Markdown files. Unchanged files are skipped."""
-    from mmrag.ingest.pipeline import Indexer
+    from mmrag.ingest.runners import make_runner
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a kill finishes like Ctrl-C: consistent state
+    ingest: dict[str, Any] = {"road": road} if road else {}
+    if runner is not None:
+        if runner not in ("local", "ray"):
+            raise _fail(ValueError(f"--runner must be local or ray, not {runner!r}"))
+        ingest["runner"] = runner
+    if ray_address is not None:
+        ingest["ray"] = {"address": ray_address}
+    roots: list[Path | str] = [p if p.startswith("s3://") else Path(p) for p in paths]
     try:
-        rt = _runtime(**({"ingest": {"road": road}} if road else {}))
+        rt = _runtime(**({"ingest": ingest} if ingest else {}))
         from mmrag.runtime import record_setup
 
         record_setup(rt)  # a collection's first run records how it is built; later runs follow it
@@ -199,9 +219,9 @@ def index(
             TextColumn("· ETA"),
             TimeRemainingColumn(),
         ]
-        indexer = Indexer(rt.settings, rt.collection, rt.vectoriser())
+        indexer = make_runner(rt.settings.ingest.runner, rt.settings, rt.collection, rt.vectoriser())
         with rt.collection.writer(), Progress(*columns, console=err, transient=False) as progress:
-            report = indexer.run(paths, prune, _RichProgress(progress))
+            report = indexer.run(roots, prune, _RichProgress(progress))
         waiting = rt.collection.waiting()
         rt.close()
     except MmragError as exc:
@@ -646,6 +666,12 @@ def serve(
         from mmrag.api import create_app
     except ImportError as exc:
         raise _fail(MmragError(f"the service needs its extras: pip install 'mmrag[serve]' ({exc})")) from None
+    try:
+        from mmrag.store.job_queue import check_can_serve
+
+        check_can_serve(settings)  # a second writer of a single-writer vector store is refused here
+    except MmragError as exc:
+        raise _fail(exc) from None
     if not settings.api.authentication:
         err.print(
             "[yellow]no API keys configured (api.api_key_hashes, api.keys):[/] every client is let in; "

@@ -112,6 +112,34 @@ class GenerateSettings(_Section):
         return self
 
 
+RayStage = Literal["clip", "text", "caption", "ocr"]
+
+
+class RaySettings(_Section):
+    """ingest.runner=ray: which cluster, and how each model stage is scaled (one actor pool per model)."""
+
+    # "" = start a cluster on this machine for the run; "auto" = the cluster this machine belongs to
+    # (`ray start` was run here); "ray://host:10001" = a remote cluster through Ray Client.
+    address: str = ""
+    workers: int = Field(1, ge=1, le=4096)  # actors per model stage; each loads its model once
+    cpus_per_worker: float = Field(1.0, gt=0)
+    # GPUs per model actor: "auto" = 1 when the cluster has GPUs, else 0; a fraction shares a GPU.
+    gpus_per_worker: float | Literal["auto"] = "auto"
+    extract_cpus: float = Field(1.0, gt=0)  # per extraction task (one file each)
+    # Items per model call, by stage; a stage not named takes models.batch_size (caption, ocr:
+    # caption.batch_size).
+    batch_size: dict[RayStage, int] = Field(default_factory=dict)
+    object_store_memory: int | None = Field(None, ge=78_643_200)  # bytes; a cluster started here only
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batches(cls, sizes: dict[str, int]) -> dict[str, int]:
+        for stage, size in sizes.items():
+            if not 1 <= size <= 65_536:
+                raise ValueError(f"ingest.ray.batch_size.{stage} must be between 1 and 65536, not {size}")
+        return sizes
+
+
 class IngestSettings(_Section):
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
     # A text file's chunks and vectors are held until it commits: 16 MiB is ~60k chunks, ~10 minutes of
@@ -132,6 +160,11 @@ class IngestSettings(_Section):
     save_every_files: int = Field(50, ge=1)  # persist the index this often during a run
     # Which road images take: "clip" (image tower), "caption" (caption/OCR text in the text space), "both".
     road: Literal["clip", "caption", "both"] = "clip"
+    # Who schedules the ingest stages (mmrag.ingest.stages): "local" (this process: files are read and
+    # decoded by extract_workers threads while the models run) or "ray" (a Ray cluster, mmrag[ray]).
+    runner: Literal["local", "ray"] = "local"
+    extract_workers: int = Field(2, ge=1, le=64)  # local runner: threads reading and decoding files
+    ray: RaySettings = Field(default_factory=RaySettings)
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> IngestSettings:
@@ -239,6 +272,35 @@ class IndexSettings(_Section):
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
 
 
+class S3Settings(_Section):
+    """An S3-compatible service (AWS S3, MinIO, Ceph, R2): for blobs.url=s3://... and s3:// input folders.
+    Credentials come from the usual AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an
+    instance role): mmrag's settings never hold them."""
+
+    endpoint_url: str | None = None  # None = AWS; MinIO: http://minio:9000
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "path"  # MinIO and most self-hosted: path
+
+
+class BlobSettings(_Section):
+    """Files that are not in the database (thumbnails, uploaded files): one store that every process and
+    machine of a deployment reads and writes."""
+
+    # "" = the data dir (one machine); a folder every machine mounts; or s3://bucket/prefix.
+    url: str = ""
+    s3: S3Settings = Field(default_factory=S3Settings)
+
+    @field_validator("url")
+    @classmethod
+    def _folder_or_s3(cls, url: str) -> str:
+        url = url.strip()
+        if "://" in url and not url.startswith("s3://"):
+            raise ValueError(f"blobs.url must be a folder or s3://bucket/prefix, not {url!r}")
+        if url.startswith("s3://") and not url[5:].split("/", 1)[0]:
+            raise ValueError(f"blobs.url {url!r} names no bucket: s3://bucket/prefix")
+        return url
+
+
 COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _KEY_HELP = "`mmrag key` prints a new key and its hash"
 
@@ -299,6 +361,13 @@ class ApiSettings(_Section):
     workers: int = Field(4, ge=1, le=256)  # threads for model inference and FAISS searches
     preload_models: bool = False  # load model weights at start (deployments) rather than on first use
     cors_origins: list[str] = Field(default_factory=list)
+    # Ingest jobs are a queue in the database shared by every replica: a replica claims a job with a lease
+    # it renews every job_lease_s / 3; a job whose lease ran out (its replica died) is taken over.
+    job_lease_s: float = Field(30.0, ge=1.0, le=3600.0)
+    job_poll_s: float = Field(1.0, gt=0, le=60.0)  # how often an idle replica looks for jobs
+    # A job of at least this many files runs on the Ray cluster (ingest.ray.*) when ingest.runner=ray;
+    # smaller ones run in the replica itself.
+    ray_min_files: int = Field(64, ge=1)
 
     @field_validator("api_key_hashes")
     @classmethod
@@ -335,6 +404,7 @@ class Settings(BaseSettings):
     retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    blobs: BlobSettings = Field(default_factory=BlobSettings)
 
     @model_validator(mode="after")
     def _roads_have_their_spaces(self) -> Settings:

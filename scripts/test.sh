@@ -65,8 +65,9 @@ eval "$PG_ENV"
 if [ $# -eq 0 ]; then
   # How the CLI handles SIGTERM does not depend on the database; kill -9 (test_crash.py) does.
   shopt -s nullglob
-  set -- tests/test_postgres.py tests/test_collection.py tests/test_lexical.py tests/test_pipeline.py tests/test_cli_e2e.py \
-    tests/test_writers.py tests/test_crash.py tests/test_api*.py \
+  set -- tests/test_postgres.py tests/test_collection.py tests/test_lexical.py tests/test_pipeline.py \
+    tests/test_cli_e2e.py tests/test_writers.py tests/test_crash.py tests/test_api*.py tests/test_job_queue.py \
+    tests/test_replicas.py \
     --deselect "tests/test_cli_e2e.py::test_terminated_run_leaves_a_consistent_collection_and_rerun_finishes"
 fi
 echo "---- on PostgreSQL: $*" >&2

@@ -42,8 +42,17 @@ VARIANTS = {
         "docker-compose.milvus.yml",
         "docker-compose.milvus-gpu.yml",
     ],
+    # scaled out (docker-compose.ray.yml): API replicas on the Milvus override (a store they share)
+    "ray": ["docker-compose.yml", "docker-compose.milvus.yml", "docker-compose.ray.yml"],
+    "ray-gpu": [
+        "docker-compose.yml",
+        "docker-compose.gpu.yml",
+        "docker-compose.milvus.yml",
+        "docker-compose.ray.yml",
+        "docker-compose.ray-gpu.yml",
+    ],
 }
-MILVUS_SECRETS = {"MINIO_SECRET_KEY": "minio4tests"}
+MINIO_SECRETS = {"MINIO_SECRET_KEY": "minio4tests"}  # Milvus's MinIO, which also keeps the blobs with Ray
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -80,7 +89,8 @@ def _compose(files: list[str], env: dict[str, str], *args: str) -> subprocess.Co
 
 
 def _config(variant: str, **env: str) -> dict[str, Any]:
-    secrets = {**SECRETS, **(MILVUS_SECRETS if variant.startswith("milvus") else {})}
+    needs_minio = variant.startswith(("milvus", "ray"))
+    secrets = {**SECRETS, **(MINIO_SECRETS if needs_minio else {})}
     res = _compose(VARIANTS[variant], {**secrets, **env}, "config", "--format", "json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
@@ -232,6 +242,74 @@ def test_vllm_serves_what_the_api_asks_of_it(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @needs_compose
+def test_ray_override_runs_api_replicas_behind_one_port_and_a_ray_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _config("ray")
+    services = config["services"]
+    wanted = {"api", "proxy", "ray-head", "ray-worker", "minio", "minio-bucket", "postgres", "milvus"}
+    assert wanted <= set(services)
+    api, proxy = services["api"], services["proxy"]
+    assert api["deploy"]["replicas"] == 2 and not api.get("ports")  # replicas publish nothing themselves
+    assert [p["published"] for p in proxy["ports"]] == ["8080"] and proxy["depends_on"]["api"]
+    conf = (REPO / "services" / "nginx-replicas.conf").read_text()
+    (mount,) = proxy["volumes"]
+    assert Path(mount["source"]) == REPO / "services" / "nginx-replicas.conf"
+    assert "server api:8080 resolve;" in conf and "client_max_body_size 0;" in conf
+    assert api["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert api["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert "--head" in head["command"] and "--ray-client-server-port=10001" in head["command"]
+    assert "--address=ray-head:6379" in worker["command"] and worker["depends_on"]["ray-head"]
+    assert head["build"]["dockerfile"] == "services/Dockerfile.ray" and worker["image"] == head["image"]
+    assert head["shm_size"] and worker["shm_size"]  # Ray's object store is in /dev/shm
+    # Ray Client needs the same Ray on both sides: the API image pins the cluster image's version
+    assert api["build"]["args"]["RAY_VERSION"] == head["build"]["args"]["RAY_VERSION"]
+    assert "ray" in api["build"]["args"]["EXTRAS"].split(",") and "s3" in api["build"]["args"]["EXTRAS"]
+    secret = MINIO_SECRETS["MINIO_SECRET_KEY"]
+    for name in ("api", "ray-head", "ray-worker"):  # everyone reaches the blobs (MinIO)
+        assert services[name]["environment"]["AWS_SECRET_ACCESS_KEY"] == secret, name
+    assert _config("ray", RAY_WORKERS="3")["services"]["ray-worker"]["deploy"]["replicas"] == 3
+    settings = _container_settings(api, monkeypatch)
+    assert settings.index.backend == "milvus" and settings.milvus_uri == "http://milvus:19530"  # shared
+    assert (settings.ingest.runner, settings.ingest.ray.address) == ("ray", "ray://ray-head:10001")
+    assert settings.blobs.url == "s3://mmrag/blobs" and settings.blobs.s3.endpoint_url == "http://minio:9000"
+
+
+@needs_compose
+def test_ray_gpu_override_reserves_gpus_for_the_ray_workers() -> None:
+    services = _config("ray-gpu")["services"]
+    (device,) = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    assert services["ray-head"]["build"]["args"]["RAY_IMAGE_FLAVOUR"] == "gpu"
+    assert (
+        services["ray-worker"]["image"]
+        == services["ray-head"]["image"]
+        != _config("ray")["services"]["ray-head"]["image"]
+    )
+
+
+def test_the_ray_image_is_rays_own_with_mmrag_installed() -> None:
+    try:
+        import dockerfile
+    except ImportError:
+        if IN_CI:
+            raise AssertionError("CI must parse the Dockerfile: pip install dockerfile") from None
+        pytest.skip("pip install dockerfile (BuildKit's parser)")
+    instructions = list(dockerfile.parse_file(str(REPO / "services" / "Dockerfile.ray")))
+    (base,) = [ins.value[0] for ins in instructions if ins.cmd == "FROM"]
+    assert base == "rayproject/ray:${RAY_VERSION}-py312-${RAY_IMAGE_FLAVOUR}"
+    for ins in instructions:
+        if ins.cmd == "RUN":
+            res = subprocess.run(["sh", "-n", "-c", ins.value[0]], capture_output=True, text=True)
+            assert res.returncode == 0, f"{ins.original}: {res.stderr}"
+        if ins.cmd == "COPY":
+            sources = [v for v in ins.value[:-1] if not v.startswith("--")]
+            assert all((REPO / source).exists() for source in sources), ins.original
+    runs = " ".join(" ".join(ins.value) for ins in instructions if ins.cmd == "RUN")
+    assert "mmrag.ingest.runners.ray" in runs  # the image proves it imports the runner's code
+
+
 def test_milvus_override_adds_milvus_standalone_and_points_the_api_at_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -28,6 +28,7 @@ from mmrag.settings import Settings, load_settings
 from mmrag.store import items as item_rows
 from mmrag.store import pending
 from mmrag.store.db import Database
+from tests.milvus_server import milvus_lite_server
 
 DIM = 16
 BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.milvus)]
@@ -352,35 +353,8 @@ def test_milvus_lite_in_another_process_is_a_clear_error(tmp_path: Path) -> None
 def test_processes_share_milvus_lite_through_its_server_mode(tmp_path: Path) -> None:
     """What the README offers for `mmrag serve` beside `mmrag index`: `milvus-lite server` on loopback, every
     process a client. A reader sees the writer's items, and an index the writer created after it opened."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "milvus-lite"),
-            "server",
-            "--data-dir",
-            str(tmp_path / "shared.db"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    settings = backend_settings(tmp_path / "data", "milvus", milvus={"uri": f"http://127.0.0.1:{port}"})
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no milvus-lite server"
-                time.sleep(0.2)
+    with milvus_lite_server(tmp_path / "shared.db") as uri:
+        settings = backend_settings(tmp_path / "data", "milvus", milvus={"uri": uri})
         rng = np.random.default_rng(8)
         writer = open_collection(settings)
         add_document(writer, "/a.jpg", unit(rng, 3))
@@ -393,9 +367,6 @@ def test_processes_share_milvus_lite_through_its_server_mode(tmp_path: Path) -> 
         assert reader.items_by_id(ids[0])[int(ids[0][0])][1].path == "/b.md"
         close(reader)
         close(writer)
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 _HOLD_LITE = textwrap.dedent(

@@ -1,19 +1,20 @@
-"""Background ingest: jobs are rows in the database (table `jobs`, migration 0003), run one at a time by a
-worker thread with the same Indexer the CLI uses.
+"""Background ingest: jobs are rows in the database (table `jobs`), a queue that every replica of the
+service shares (mmrag.store.job_queue): each replica's worker thread claims the oldest job nobody holds,
+renews its lease while it runs it, and lets go when it ends. A replica killed mid-job stops renewing; when
+its lease runs out another replica takes the job over and runs it again (files already committed are then
+unchanged: nothing is indexed twice). The job runs the same runner the CLI uses: in this process, or on the
+Ray cluster (ingest.runner=ray, for jobs of api.ray_min_files files or more, and folders).
 
-A job is one Indexer.run over the files of an upload (or a server-side folder). Its status, counts and
-per-file outcomes (with the reason of every failure, paths under the data dir made relative to it) are
-written back to its row as files finish (the web page shows per-file progress from them) and when it ends,
-so they survive a restart; a job still queued or running when the service stopped is run again when it
-starts (files already committed are then reported as unchanged). Jobs run one at a time: model inference is
-the bottleneck and one collection's writes are serialised anyway; queries keep running on the service's
-pool meanwhile.
+A job's status, counts and per-file outcomes (with the reason of every failure, paths under the data dir
+made relative to it) are written back to its row as files finish (the web page shows per-file progress from
+them) and when it ends, so they survive a restart. A job stays `queued` until its runner starts (it may wait
+for another writer's lock). One job per collection runs at a time, across replicas; queries keep running on
+the service's pool meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import defaultdict
@@ -23,11 +24,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmrag.blobs import is_s3_url
 from mmrag.collection import CollectionLocked
 from mmrag.errors import MmragError
-from mmrag.ingest.pipeline import FileOutcome, Indexer, NoProgress
+from mmrag.ingest.pipeline import FileOutcome, NoProgress
+from mmrag.ingest.runners import make_runner
 from mmrag.ingest.vectorise import Vectoriser
 from mmrag.store.items import document_ids_by_path
+from mmrag.store.job_queue import JobQueue, new_replica_id, vector_store_kind
 from mmrag.store.jobs import UNFINISHED, JobStore
 from mmrag.store.models import Job, utcnow
 
@@ -44,7 +48,7 @@ _REPORT_EVERY_S = 1.0
 
 
 class _ServiceStopping(Exception):
-    """The service stops while a job waits for the write lock: the job stays queued."""
+    """The service stops (or the job was taken over) while the job waits for the write lock."""
 
 
 class _JobProgress(NoProgress):
@@ -53,9 +57,13 @@ class _JobProgress(NoProgress):
     at the next file when the service shuts down."""
 
     def __init__(
-        self, stopping: threading.Event, report: Callable[[list[FileOutcome], int], None] | None = None
+        self,
+        stopping: threading.Event,
+        report: Callable[[list[FileOutcome], int], None] | None = None,
+        lost: threading.Event | None = None,
     ) -> None:
         self.stopping = stopping
+        self.lost = lost or threading.Event()  # another replica took the job over: stop, write nothing
         self.report = report
         self.outcomes: list[FileOutcome] = []
         self.embedded = 0  # items with their vectors, committed or not: moves while a batch is open
@@ -68,12 +76,14 @@ class _JobProgress(NoProgress):
     def file_done(self, outcome: FileOutcome) -> None:
         self.outcomes.append(outcome)
         self._maybe_report()
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self.lost.is_set():
             # Indexer.run's own Ctrl-C path: drop uncommitted files, save the indexes, report "interrupted".
             raise KeyboardInterrupt
 
     def _maybe_report(self) -> None:
         now = time.monotonic()
+        if self.lost.is_set():
+            return
         if self.report is not None and now - self._reported_at >= _REPORT_EVERY_S:
             self._reported_at = now
             self.report(list(self.outcomes), self.embedded)
@@ -83,33 +93,73 @@ class IngestWorker:
     def __init__(self, service: Service, store: JobStore) -> None:
         self.service = service
         self.store = store
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        api = service.settings.api
+        self.queue = JobQueue(store.db, new_replica_id(), api.job_lease_s)
+        self._wake = threading.Event()  # a job was queued here: look now rather than at the next poll
         self._stopping = threading.Event()
+        self._lost = threading.Event()  # the job in hand was taken over by another replica
+        self._current: str | None = None
+        self._beat_stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mmrag-ingest", daemon=True)
+        self._beat = threading.Thread(target=self._heartbeat, name="mmrag-lease", daemon=True)
 
     def start(self) -> None:
-        for job_id in self.store.unfinished():
-            self.submit(job_id)
+        """Join the replicas of this database (refused beside another writer of a single-writer store),
+        then work through the queue: jobs left unfinished by the last run go first."""
+        self.queue.register(vector_store_kind(self.service.settings))
+        self._beat.start()
         self._thread.start()
 
     def submit(self, job_id: str) -> None:
-        self._queue.put(job_id)
-        self.service.metrics.queue_depth.set(self._queue.qsize())
+        self._wake.set()
+        self.service.metrics.queue_depth.set(self.queue.waiting())
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the file in hand (an interrupted job is queued again for the next start)."""
+        """Stop after the file in hand (an interrupted job is queued again, for any replica)."""
         self._stopping.set()
-        self._queue.put(None)
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._beat_stop.set()
+        if self._beat.is_alive():
+            self._beat.join(timeout)
+        try:
+            self.queue.unregister()
+        except Exception:
+            log.warning("could not unregister replica %s", self.queue.replica_id, exc_info=True)
 
     def _loop(self) -> None:
-        while True:
-            job_id = self._queue.get()
-            self.service.metrics.queue_depth.set(self._queue.qsize())
-            if job_id is None or self._stopping.is_set():
-                return
-            self.run_job(job_id)
+        poll = self.service.settings.api.job_poll_s
+        while not self._stopping.is_set():
+            try:
+                job = self.queue.claim()
+                self.service.metrics.queue_depth.set(self.queue.waiting())
+            except Exception:  # the database is away for a moment: try again at the next poll
+                log.warning("could not look for ingest jobs", exc_info=True)
+                job = None
+            if job is None:
+                self._wake.wait(poll)
+                self._wake.clear()
+                continue
+            self._lost.clear()
+            self._current = job.id
+            try:
+                self.run_job(job.id)
+            finally:
+                self._current = None
+
+    def _heartbeat(self) -> None:
+        """Renew this replica's presence and the lease of the job in hand, three times a lease."""
+        interval = self.service.settings.api.job_lease_s / 3
+        while not self._beat_stop.wait(interval):
+            try:
+                self.queue.heartbeat()
+                current = self._current
+                if current is not None and not self.queue.renew(current):
+                    log.warning("job %s was taken over by another replica; this one stops it", current)
+                    self._lost.set()
+            except Exception:
+                log.warning("could not renew the job lease", exc_info=True)
 
     # ---- one job --------------------------------------------------------------------------------------
 
@@ -118,18 +168,22 @@ class IngestWorker:
         if job is None or job.status not in UNFINISHED:
             return
         metrics = self.service.metrics
-        progress = _JobProgress(self._stopping, partial(self._report_progress, job))
+        progress = _JobProgress(self._stopping, partial(self._report_progress, job), self._lost)
         vectoriser: Vectoriser | None = None
         metrics.jobs_running.inc()
         try:
             vectoriser, interrupted = self._index(job, progress)
+            if self._lost.is_set():
+                return  # another replica runs it now: its outcome is that replica's to write
             if interrupted:
-                self.store.update(job_id, status="queued", started_at=None, files=[], counts={})
+                self.queue.release(job_id, status="queued", started_at=None, files=[], counts={})
                 return
             files = self._file_reports(job, progress.outcomes)
             for entry in files:
                 metrics.files.labels(status=entry["status"]).inc()
-            self.store.update(job_id, status="done", counts=_counts(files), files=files, finished_at=utcnow())
+            self.queue.release(
+                job_id, status="done", counts=_counts(files), files=files, finished_at=utcnow()
+            )
             metrics.jobs.labels(status="done").inc()
         except MmragError as exc:
             self._failed(job_id, str(exc), progress)
@@ -151,10 +205,12 @@ class IngestWorker:
         handle = service.handle(job.collection, create=True)
         assert handle is not None and service.runtime is not None
         vectoriser = service.runtime.vectoriser(job.options.get("road"))
-        roots = [Path(entry["path"]) for entry in job.inputs]
+        roots = [_root(entry) for entry in job.inputs]
         metadata = job.options.get("metadata") or {}
-        document_meta = {str(root.resolve()): metadata for root in roots} if job.kind == "upload" else {}
-        indexer = Indexer(settings, handle.collection, vectoriser, document_meta=document_meta)
+        document_meta = {_document_path(r): metadata for r in roots} if job.kind == "upload" else {}
+        large = job.kind == "folder" or len(roots) >= settings.api.ray_min_files
+        runner = "ray" if settings.ingest.runner == "ray" and large else "local"
+        indexer = make_runner(runner, settings, handle.collection, vectoriser, document_meta=document_meta)
         try:
             with handle.write_lock, self._writer(handle):
                 self.store.update(job.id, status="running", started_at=utcnow(), error=None)
@@ -178,7 +234,7 @@ class IngestWorker:
                     stack.enter_context(handle.collection.writer(wait_s=_LOCK_WAIT_STEP_S))
                     break
                 except CollectionLocked as exc:
-                    if self._stopping.is_set():
+                    if self._stopping.is_set() or self._lost.is_set():
                         raise _ServiceStopping from None
                     log.info("ingest job waits: %s", exc)
             yield
@@ -191,7 +247,7 @@ class IngestWorker:
             log.warning("job %s: could not record progress", job.id, exc_info=True)
 
     def _file_reports(self, job: Job, outcomes: list[FileOutcome]) -> list[dict[str, Any]]:
-        names = {str(Path(entry["path"]).resolve()): entry.get("name") for entry in job.inputs}
+        names = {_document_path(_root(entry)): entry.get("name") for entry in job.inputs}
         doc_ids = document_ids_by_path(self.store.db, job.collection, [o.path for o in outcomes])
         return [
             {
@@ -208,8 +264,17 @@ class IngestWorker:
         job = self.store.get(job_id)
         files = self._file_reports(job, progress.outcomes) if job is not None else []
         error = self.service.redact(error)  # reasons and errors are stored without the server's paths
-        self.store.update(job_id, status="failed", error=error, files=files, finished_at=utcnow())
-        self.service.metrics.jobs.labels(status="failed").inc()
+        if self.queue.release(job_id, status="failed", error=error, files=files, finished_at=utcnow()):
+            self.service.metrics.jobs.labels(status="failed").inc()
+
+
+def _root(entry: dict[str, Any]) -> Path | str:
+    """A job input: a local path, or an s3:// URL (an upload in an S3 blob store)."""
+    return entry["path"] if is_s3_url(entry["path"]) else Path(entry["path"])
+
+
+def _document_path(root: Path | str) -> str:
+    return root if isinstance(root, str) else str(root.resolve())
 
 
 def _counts(files: list[dict[str, Any]]) -> dict[str, int]:

@@ -28,6 +28,7 @@ from PIL import Image
 from mmrag.api.metrics import Metrics
 from mmrag.api.security import ApiKeyVerifier
 from mmrag.api.uploads import STALE_INCOMING_S, remove_stale_incoming
+from mmrag.blobs import FolderBlobStore, key_of_location, open_blob_store
 from mmrag.caption.base import Captioner, OcrEngine
 from mmrag.collection import Collection
 from mmrag.embed.base import TextEncoder
@@ -92,6 +93,7 @@ class Service:
         self.keys = ApiKeyVerifier(settings.api)
         self.executor = ThreadPoolExecutor(settings.api.workers, thread_name_prefix="mmrag-pool")
         self.runtime: Runtime | None = None
+        self.blobs = open_blob_store(settings)  # thumbnails and uploads, shared by every replica
         self.ready = threading.Event()
         self.load_error: str | None = None
         self._handles: dict[str, CollectionHandle] = {}
@@ -162,14 +164,19 @@ class Service:
     @property
     def file_roots(self) -> list[Path]:
         """Where files are served from: the data dir and the folders server-side ingest may read."""
+        blob_folder = [self.blobs.root.resolve()] if isinstance(self.blobs, FolderBlobStore) else []
         return [
             self.settings.data_dir.resolve(),
+            *blob_folder,  # uploads, where blobs.url names a folder of their own
             *(root.resolve() for root in self.settings.api.allowed_roots),
         ]
 
     def public_path(self, path: str) -> str:
         """Uploaded files are shown relative to the data dir (uploads/<collection>/<sha256>/<name>), not
         with the server's own layout; documents indexed from folders keep their absolute paths."""
+        key = key_of_location(self.blobs, path) if path.startswith("s3://") else None
+        if key is not None and key.startswith("uploads/"):  # an upload in an S3 blob store
+            return key
         return self.redact(path)
 
     def redact(self, text: str) -> str:

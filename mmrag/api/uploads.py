@@ -27,6 +27,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from mmrag.blobs import BlobStore, upload_key
+
 MAX_NAME_CHARS = 120
 # A request's folder under uploads/.incoming that nothing has written to for this long was left by a server
 # that stopped mid-upload. Another server on the same data dir writes to its folders as the bytes arrive,
@@ -244,16 +246,16 @@ async def receive_multipart(
     return receiver.form
 
 
-def store_upload(received: ReceivedFile, uploads_dir: Path) -> Path:
-    """Move a received file to uploads_dir/<sha256>/<name>; the same bytes under the same name land in the
-    same place, so uploading a file twice indexes it once."""
-    target = uploads_dir / received.sha256 / received.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
+def store_upload(received: ReceivedFile, blobs: BlobStore, collection: str) -> str:
+    """Move a received file into the blob store as uploads/<collection>/<sha256>/<name>; the same bytes
+    under the same name land in the same place, so uploading a file twice indexes it once. Returns its
+    location (what the ingest job reads: a path, or an s3:// URL every replica reaches)."""
+    key = upload_key(collection, received.sha256, received.name)
+    if blobs.exists(key):
         received.path.unlink(missing_ok=True)
     else:
-        os.replace(received.path, target)
-    return target
+        blobs.put_file(key, received.path, move=True)
+    return blobs.location(key)
 
 
 def remove_tree(path: Path) -> None:

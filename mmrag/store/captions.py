@@ -38,3 +38,15 @@ def store_captions(
                 session.add(Caption(image_hash=image_hash, captioner_id=captioner_id, text=text, error=error))
             else:
                 row.text, row.error = text, error
+
+
+def all_captions(db: Database, captioner_id: str) -> dict[str, str]:
+    """Every successful caption of one captioner or OCR engine (hash -> text): the snapshot a Ray run hands
+    its model workers, which never open the database."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Caption.image_hash, Caption.text).where(
+                Caption.captioner_id == captioner_id, Caption.error.is_(None)
+            )
+        )
+        return {h: t or "" for h, t in rows}

@@ -7,7 +7,6 @@ folder ingest reads the server's own files: it needs an admin key."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +38,7 @@ from mmrag.api.schemas import (
 from mmrag.api.security import KeyScope
 from mmrag.api.service import Service
 from mmrag.api.uploads import ReceivedFile, UploadError, receive_multipart, remove_tree, store_upload
+from mmrag.blobs import key_of_location
 from mmrag.collection import CollectionLocked
 from mmrag.errors import ExtractionError
 from mmrag.ingest.discover import sniff_kind
@@ -126,8 +126,8 @@ async def upload_documents(
     finally:
         await asyncio.to_thread(remove_tree, incoming)
     inputs = [
-        {"name": f.name, "client_name": f.client_name, "path": str(path), "kind": kind.value, "size": f.size}
-        for f, path, kind in stored
+        {"name": f.name, "client_name": f.client_name, "path": location, "kind": kind.value, "size": f.size}
+        for f, location, kind in stored
     ]
     job = await service.run(
         service.job_store.create, collection, "upload", inputs, options.model_dump(exclude_none=True)
@@ -168,7 +168,7 @@ def _check_road(service: Service, road: str | None) -> None:
 
 def _check_and_store(
     service: Service, collection: str, files: list[ReceivedFile]
-) -> list[tuple[ReceivedFile, Path, FileKind]]:
+) -> list[tuple[ReceivedFile, str, FileKind]]:
     """Type every file by its content, count PDF pages, then move the files to their permanent place."""
     limit = service.settings.api.max_pdf_pages_per_request
     kinds: list[FileKind] = []
@@ -194,8 +194,8 @@ def _check_and_store(
                     f"the PDFs in this request have more than {limit} pages (api.max_pdf_pages_per_request)",
                 )
         kinds.append(kind)
-    target = service.uploads_dir(collection)
-    return [(f, store_upload(f, target), kind) for f, kind in zip(files, kinds, strict=True)]
+    pairs = zip(files, kinds, strict=True)
+    return [(f, store_upload(f, service.blobs, collection), kind) for f, kind in pairs]
 
 
 def _pdf_pages(path: Path) -> int:
@@ -345,15 +345,13 @@ def _delete(service: Service, handle: Any, document_id: int) -> DeletedDocument:
     finally:
         handle.write_lock.release()
     service.collection_changed(handle)
-    _remove_upload(service, handle.name, Path(doc.path))
+    _remove_upload(service, handle.name, doc.path)
     return DeletedDocument(id=document_id, collection=handle.name)
 
 
-def _remove_upload(service: Service, collection: str, path: Path) -> None:
+def _remove_upload(service: Service, collection: str, path: str) -> None:
     """An uploaded file belongs to its one document (its path names the collection): it goes with it."""
-    uploads = service.uploads_dir(collection).resolve()
-    if path.parent.parent != uploads:
+    key = key_of_location(service.blobs, path)
+    if key is None or not key.startswith(f"uploads/{collection}/"):
         return  # indexed from a folder: the user's file, not ours
-    path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # another name with the same content is still there
-        path.parent.rmdir()
+    service.blobs.delete(key)

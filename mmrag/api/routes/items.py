@@ -7,6 +7,8 @@ original only while it is still the file that was indexed.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from typing import Annotated, BinaryIO, Literal
 
@@ -20,6 +22,7 @@ from mmrag.api.files import FileRefused, chunks, open_indexed, open_within
 from mmrag.api.schemas import ItemOut
 from mmrag.api.security import KeyScope
 from mmrag.api.service import Service
+from mmrag.blobs import BlobError, BlobNotFound, FolderBlobStore, is_s3_url, key_of_location, read_s3_object
 from mmrag.ingest.images import thumbnail_format
 from mmrag.ingest.mupdf import pymupdf
 from mmrag.store.items import item_with_document
@@ -103,27 +106,21 @@ def _picture(service: Service, item_id: int, variant: str, scope: KeyScope) -> R
     if variant == "thumbnail":
         if not item.thumbnail:
             raise ApiError(404, "not_found", f"item {item_id} has no thumbnail")
-        data_dir = service.settings.data_dir.resolve()
         try:
-            with open_within(data_dir / item.thumbnail, [data_dir]) as thumbnail:
-                return Response(thumbnail.read(), media_type=f"image/{thumbnail_format()}")
+            return Response(_thumbnail(service, item.thumbnail), media_type=f"image/{thumbnail_format()}")
         except FileRefused as refused:
             raise ApiError(404, "not_found", f"the thumbnail of item {item_id} {refused.reason}") from None
     if doc.kind not in ("image", "pdf") or (doc.kind == "pdf" and not item.page):
         raise ApiError(404, "not_found", f"item {item_id} has no original picture")
-    try:
-        source = open_indexed(doc, service.file_roots)
-    except FileRefused as refused:
-        code = "conflict" if refused.status == 409 else "not_found"
-        message = f"the source file of item {item_id} ({service.public_path(doc.path)}) {refused.reason}"
-        raise ApiError(refused.status, code, message) from None
+    source = _original(service, item_id, doc)
     if doc.kind == "image":
         head = source.read(16)
         source.seek(0)
         media = next((mime for magic, mime in _IMAGE_MAGIC if head.startswith(magic)), None)
         if media is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
             media = "image/webp"
-        size = os.fstat(source.fileno()).st_size
+        in_memory = isinstance(source, io.BytesIO)
+        size = len(source.getbuffer()) if in_memory else os.fstat(source.fileno()).st_size
         return StreamingResponse(
             chunks(source),
             media_type=media or "application/octet-stream",
@@ -134,9 +131,45 @@ def _picture(service: Service, item_id: int, variant: str, scope: KeyScope) -> R
         return Response(_pdf_region(source, item.page, item.bbox), media_type="image/png")
 
 
+def _thumbnail(service: Service, key: str) -> bytes:
+    """From the blob store every replica shares: any replica serves any item's thumbnail. In a folder,
+    read through open_within (no link followed)."""
+    blobs = service.blobs
+    if isinstance(blobs, FolderBlobStore):
+        root = blobs.root.resolve()
+        with open_within(root / key, [root]) as thumbnail:
+            return thumbnail.read()
+    try:
+        return blobs.get(key)
+    except (BlobError, ValueError) as exc:
+        raise FileRefused(404, "is missing" if isinstance(exc, BlobNotFound) else str(exc)) from None
+
+
+def _original(service: Service, item_id: int, doc: Document) -> BinaryIO:
+    """The document's file, still the one indexed: a local file (open_indexed), or an S3 object (an s3://
+    input, an upload in an S3 blob store) whose bytes hash to the indexed content."""
+    try:
+        if not is_s3_url(doc.path):
+            return open_indexed(doc, service.file_roots)
+        try:
+            key = key_of_location(service.blobs, doc.path)
+            data = service.blobs.get(key) if key is not None else read_s3_object(doc.path, service.settings)
+        except BlobError:
+            raise FileRefused(404, "is gone") from None
+        if hashlib.sha256(data).hexdigest() != doc.content_hash:
+            raise FileRefused(409, "has changed since it was indexed: index it again to serve it")
+        return io.BytesIO(data)
+    except FileRefused as refused:
+        code = "conflict" if refused.status == 409 else "not_found"
+        message = f"the source file of item {item_id} ({service.public_path(doc.path)}) {refused.reason}"
+        raise ApiError(refused.status, code, message) from None
+
+
 def _open_checked_pdf(source: BinaryIO) -> pymupdf.Document:
     """MuPDF on the file already opened and checked (open_indexed), through /proc/self/fd where there is
     one: the path is never opened again, so a file swapped for a link since the check is never read."""
+    if isinstance(source, io.BytesIO):  # an S3 object, already in memory
+        return pymupdf.open(stream=source.getvalue(), filetype="pdf")
     proc_path = f"/proc/self/fd/{source.fileno()}"
     if os.path.exists(proc_path):
         return pymupdf.open(proc_path, filetype="pdf")
@@ -202,12 +235,7 @@ def _page(service: Service, item_id: int, dpi: int, scope: KeyScope) -> Response
     item, doc = _load(service, item_id, scope)
     if doc.kind != "pdf" or not item.page:
         raise ApiError(404, "not_found", f"item {item_id} is not on a PDF page")
-    try:
-        source = open_indexed(doc, service.file_roots)
-    except FileRefused as refused:
-        code = "conflict" if refused.status == 409 else "not_found"
-        message = f"the source file of item {item_id} ({service.public_path(doc.path)}) {refused.reason}"
-        raise ApiError(refused.status, code, message) from None
+    source = _original(service, item_id, doc)
     try:
         with source, _open_checked_pdf(source) as pdf:
             page = pdf[item.page - 1]
