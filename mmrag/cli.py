@@ -123,12 +123,30 @@ def _runtime(needs_models: bool = True, needs_index: bool = False, **extra: Any)
         given = load_settings(_State.config, **_State.overrides, **extra)
         if not database_exists(given):
             raise MmragError(_nothing_indexed(given))
+        _require_collection(given)
     rt = open_runtime(_settings(needs_models, **extra))
     for rep in rt.repairs:
         if rep.changed:
             what = "rebuilt" if rep.rebuilt else f"added {rep.added}, removed {rep.removed}"
             err.print(f"[yellow]repaired the {rep.space} index from the database:[/] {what}")
     return rt
+
+
+def _require_collection(settings: Settings) -> None:
+    """A command that reads a collection names one that exists: a mistyped --collection is an error naming
+    the collections there are, not a new empty collection (nor, without the hub, a minute of retries)."""
+    from mmrag.store.collections import collection_exists, collection_names
+    from mmrag.store.db import Database
+
+    db = Database(settings.db_url)
+    try:
+        if collection_exists(db, settings.collection):
+            return
+        names = collection_names(db)
+    finally:
+        db.close()
+    there = f"collections here: {', '.join(names)}" if names else "no collection has anything indexed yet"
+    raise MmragError(f"{_nothing_indexed(settings)} ({there})")
 
 
 def _nothing_indexed(settings: Settings) -> str:

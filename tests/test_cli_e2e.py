@@ -143,6 +143,11 @@ def test_index_query_reindex_prune_delete(library: Path, tmp_path: Path) -> None
         for run in (unchanged, counted):
             heavy = [line for line in _imports(run.stderr) if line.strip() in {"torch", "faiss", "numpy"}]
             assert not heavy, " <- ".join(_importers(run.stderr, heavy[0]))
+    # a mistyped collection is an error naming the ones there are, and creates nothing
+    for command in (["stats"], ["query", "a cat"]):
+        res = mmrag(data, "--collection", "defualt", *command)
+        assert res.returncode == 2 and "collections here: default" in res.stderr, res.stderr
+    assert [name for (name,) in _query(data, "select name from collections")] == ["default"]
     ids_before = set(_item_ids(data))
 
     # edit one file, delete another, prune
