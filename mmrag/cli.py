@@ -298,6 +298,8 @@ def query(
         rt.close()
     except MmragError as exc:
         raise _fail(exc) from None
+    if not hits:
+        err.print("no results" + (" (nothing matches --where)" if filters is not None else ""))
     if as_json:
         out.print_json(json.dumps([h.to_dict() for h in hits]))
     elif out.is_terminal:

