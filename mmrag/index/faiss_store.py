@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from mmrag.errors import IndexCorruptError
 from mmrag.index import gpu
 from mmrag.index.base import IndexInfo, OpenedIndex, VectorStore, Where, index_key, split_key
-from mmrag.index.manifest import IndexManifest, read_manifest
+from mmrag.index.manifest import INDEX_FILE, MANIFEST_FILE, IndexManifest, read_manifest
 from mmrag.settings import Settings
 from mmrag.store.items import ItemPayload
 
@@ -58,7 +58,7 @@ class Store(VectorStore):
             for directory in sorted(p for p in self.dir.glob(f"{space}.*") if p.is_dir()):
                 key = directory.name
                 problem = ""
-                if (directory / "manifest.json").exists() or (directory / "index.faiss").exists():
+                if (directory / MANIFEST_FILE).exists() or (directory / INDEX_FILE).exists():
                     try:
                         manifest = read_manifest(directory, expected_model_id=model_id, expected_dim=dim)
                     except IndexCorruptError as exc:
@@ -88,9 +88,10 @@ class Store(VectorStore):
                 index = vector_index.load(directory, self.settings.index, **expected)
             except IndexCorruptError as exc:
                 log.warning("index %s is unusable (%s); rebuilding it from the database", directory, exc)
-                index = vector_index.create(key, manifest.model_id, manifest.dim, self.settings.index)
                 if self.rebuild_source is None:
+                    self._saved[key] = (directory, manifest)  # the next use says so again
                     raise
+                index = vector_index.create(key, manifest.model_id, manifest.dim, self.settings.index)
                 index.rebuild(*self.rebuild_source(key))
                 self._unsaved.add(key)
             self.indexes[key] = index
@@ -211,7 +212,8 @@ class Store(VectorStore):
         return rebuilt
 
     def mark_changed(self, key: str) -> None:
-        self._unsaved.add(key)
+        if self._index(key) is not None:  # saved by the next persist (loaded first: it saves what it holds)
+            self._unsaved.add(key)
 
 
 def _vector_index() -> type[VectorIndex]:
