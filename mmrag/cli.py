@@ -223,6 +223,9 @@ def index(
     if ray_address is not None:
         ingest["ray"] = {"address": ray_address}
     roots: list[Path | str] = [p if p.startswith("s3://") else Path(p) for p in paths]
+    missing = [str(root) for root in roots if isinstance(root, Path) and not root.exists()]
+    if missing:  # before anything loads or is created
+        raise _fail(MmragError(f"folder or file not found: {', '.join(missing)}"))
     try:
         rt = _runtime(**({"ingest": ingest} if ingest else {}))
         from mmrag.runtime import record_setup

@@ -181,6 +181,7 @@ def test_empty_folder_and_missing_folder(tmp_path: Path) -> None:
     assert res.returncode == 0 and "indexed 0 files" in res.stderr
     res = mmrag(data, "index", str(tmp_path / "nope"))
     assert res.returncode == 2 and "nope" in res.stderr and "Traceback" not in res.stderr
+    assert "indexing" not in res.stderr  # said before a progress bar starts
 
 
 def test_unknown_model_is_a_clear_error_and_leaves_nothing_behind(tmp_path: Path) -> None:
