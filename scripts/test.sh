@@ -25,7 +25,7 @@ if [ $# -eq 0 ] || [[ "$*" == *test_web* ]]; then
   fi
 fi
 unset MMRAG_DATABASE_URL MMRAG_TEST_POSTGRES_URL MMRAG_TEST_BACKEND  # never the developer's own database
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=15 "$@"
 
 # ---- the end-to-end tests again with their vectors in Milvus Lite (the conformance suite,
 # tests/test_vector_store.py, ran on FAISS and Milvus Lite above). MMRAG_TEST_MILVUS=0 skips it; with
@@ -37,7 +37,7 @@ if [ "${MMRAG_TEST_MILVUS:-}" != 0 ] && { [ $# -eq 0 ] || [ "${MMRAG_TEST_MILVUS
     milvus_tests=("$@")
   fi
   echo "---- on Milvus Lite: ${milvus_tests[*]}" >&2
-  MMRAG_TEST_BACKEND=milvus .venv/bin/python -m pytest -q "${milvus_tests[@]}"
+  MMRAG_TEST_BACKEND=milvus .venv/bin/python -m pytest -q --durations=10 "${milvus_tests[@]}"
 fi
 
 # ---- the same again on PostgreSQL (scripts/postgres.sh: a throwaway server; each test its own database)
@@ -72,6 +72,6 @@ if [ $# -eq 0 ]; then
 fi
 echo "---- on PostgreSQL: $*" >&2
 status=0
-.venv/bin/python -m pytest -q "$@" || status=$?
+.venv/bin/python -m pytest -q --durations=10 "$@" || status=$?
 [ "$status" = 5 ] && status=0  # the selection had no database tests in it
 exit "$status"
