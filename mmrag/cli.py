@@ -212,6 +212,7 @@ def index(
     ] = None,
 ) -> None:
     """Index folders of images, PDFs and text/Markdown files. Unchanged files are skipped."""
+    from mmrag.ingest.discover import check_root
     from mmrag.ingest.runners import make_runner
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a kill finishes like Ctrl-C: consistent state
@@ -223,10 +224,10 @@ def index(
     if ray_address is not None:
         ingest["ray"] = {"address": ray_address}
     roots: list[Path | str] = [p if p.startswith("s3://") else Path(p) for p in paths]
-    missing = [str(root) for root in roots if isinstance(root, Path) and not root.exists()]
-    if missing:  # before anything loads or is created
-        raise _fail(MmragError(f"folder or file not found: {', '.join(missing)}"))
     try:
+        for root in roots:  # the checks the walk makes, before anything loads or is created
+            if isinstance(root, Path):
+                check_root(root)
         rt = _runtime(**({"ingest": ingest} if ingest else {}))
         from mmrag.runtime import record_setup
 

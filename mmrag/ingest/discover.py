@@ -88,7 +88,7 @@ def discover(
     """
     if max_file_bytes < 1:
         raise ValueError(f"max_file_bytes must be positive, got {max_file_bytes}")
-    resolved_roots = [_check_root(Path(root)) for root in roots]
+    resolved_roots = [check_root(Path(root)) for root in roots]
     return _walk_roots(resolved_roots, max_file_bytes, dict(kind_limits or {}))
 
 
@@ -169,7 +169,8 @@ def _is_legacy_text(head: bytes) -> bool:
     return controls <= len(head) // 100
 
 
-def _check_root(root: Path) -> Path:
+def check_root(root: Path) -> Path:
+    """`root` resolved (~ expanded), or an ExtractionError naming why it cannot be walked."""
     try:
         resolved = root.expanduser().resolve(strict=True)
         info = resolved.stat()
