@@ -351,6 +351,7 @@ def test_ingest_in_one_process_and_queries_in_another_stay_consistent(
     query_image = Image.open(faces / "lfw_007.png").convert("RGB")
     snapshots: list[int] = []
     cli_query: subprocess.Popen[str] | None = None
+    cli_query_path: Path | None = None
     deadline = time.monotonic() + 300
     while writer.poll() is None and time.monotonic() < deadline:
         rt = open_runtime(tiny_settings)
@@ -358,16 +359,20 @@ def test_ingest_in_one_process_and_queries_in_another_stay_consistent(
             ids = rt.collection.store.ids("clip.image")
             resolved = rt.collection.items_by_id(ids)
             assert set(resolved) == {int(i) for i in ids}, "an index entry points at no stored item"
-            assert {doc.path for _, doc in resolved.values()} <= sources
+            committed = {doc.path for _, doc in resolved.values()}
+            assert committed <= sources
             hits = rt.retriever().search(image=query_image, k=5)
             assert {h.path for h in hits} <= sources
         finally:
             rt.close()
         if len(ids):
             snapshots.append(len(ids))
-            if cli_query is None:  # a third process queries through the CLI meanwhile
+            faces_in = sorted(p for p in committed if Path(p).name.startswith("lfw_"))
+            if cli_query is None and faces_in:  # a third process queries through the CLI meanwhile,
+                # for a photo already committed (files commit in no fixed order)
+                cli_query_path = Path(faces_in[0])
                 cli_query = subprocess.Popen(
-                    [sys.executable, "-m", "mmrag", "query", "--image", str(faces / "lfw_007.png"), "--json"],
+                    [sys.executable, "-m", "mmrag", "query", "--image", str(cli_query_path), "--json"],
                     env=env,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -377,10 +382,10 @@ def test_ingest_in_one_process_and_queries_in_another_stay_consistent(
     assert writer.returncode == 0, stderr
     assert len(snapshots) >= 2, "the indexer finished before the collection could be read during a run"
     assert snapshots == sorted(snapshots)  # nothing committed ever disappears during an ingest
-    assert cli_query is not None
+    assert cli_query is not None and cli_query_path is not None, "no photo was committed while the indexer ran"
     query_out, query_err = cli_query.communicate(timeout=300)
     assert cli_query.returncode == 0, query_err
-    assert Path(json.loads(query_out)[0]["path"]).name == "lfw_007.png"
+    assert Path(json.loads(query_out)[0]["path"]).resolve() == cli_query_path.resolve()
 
     rt = open_runtime(tiny_settings)
     try:
