@@ -382,7 +382,7 @@ def test_ingest_in_one_process_and_queries_in_another_stay_consistent(
     assert writer.returncode == 0, stderr
     assert len(snapshots) >= 2, "the indexer finished before the collection could be read during a run"
     assert snapshots == sorted(snapshots)  # nothing committed ever disappears during an ingest
-    assert cli_query is not None and cli_query_path is not None, "no photo was committed while the indexer ran"
+    assert cli_query is not None and cli_query_path is not None, "no photo committed while the indexer ran"
     query_out, query_err = cli_query.communicate(timeout=300)
     assert cli_query.returncode == 0, query_err
     assert Path(json.loads(query_out)[0]["path"]).resolve() == cli_query_path.resolve()
