@@ -30,6 +30,7 @@ from mmrag.settings import Settings
 
 if TYPE_CHECKING:
     from mmrag.generate.answer import Answer
+    from mmrag.store.db import Database
 
 app = typer.Typer(
     name="mmrag",
@@ -94,13 +95,13 @@ def main(
         _State.overrides["threads"] = threads
 
 
-def _settings(needs_models: bool = True, **extra: Any) -> Settings:
+def _settings(needs_models: bool = True, db: Database | None = None, **extra: Any) -> Settings:
     """The command's settings: the collection's recorded setup under what was given explicitly, and on a
     first run, settings whose models can load here (notes say what was chosen)."""
     from mmrag.runtime import resolve_settings
     from mmrag.threads import apply_threads
 
-    settings, notes = resolve_settings(_State.config, {**_State.overrides, **extra}, needs_models)
+    settings, notes = resolve_settings(_State.config, {**_State.overrides, **extra}, needs_models, db=db)
     for note in notes:
         err.print("[yellow]note:[/] ", end="")
         err.print(note, markup=False, highlight=False)
@@ -118,13 +119,23 @@ def _runtime(needs_models: bool = True, needs_index: bool = False, **extra: Any)
     (and creates nothing)."""
     from mmrag.runtime import database_exists, open_runtime
     from mmrag.settings import load_settings
+    from mmrag.store.db import Database
 
-    if needs_index:
-        given = load_settings(_State.config, **_State.overrides, **extra)
-        if not database_exists(given):
-            raise MmragError(_nothing_indexed(given))
-        _require_collection(given)
-    rt = open_runtime(_settings(needs_models, **extra))
+    given = load_settings(_State.config, **_State.overrides, **extra)
+    if needs_index and not database_exists(given):
+        raise MmragError(_nothing_indexed(given))
+    # One database connection pool for the whole command: the recorded setup, the collection check and the
+    # runtime (each open costs a connection and a schema check, a round trip each on PostgreSQL).
+    db = Database(given.db_url) if database_exists(given) else None
+    try:
+        if needs_index:
+            assert db is not None
+            _require_collection(given, db)
+        rt = open_runtime(_settings(needs_models, db=db, **extra), db=db)
+    except BaseException:
+        if db is not None:
+            db.close()
+        raise
     for rep in rt.repairs:
         if rep.changed:
             what = "rebuilt" if rep.rebuilt else f"added {rep.added}, removed {rep.removed}"
@@ -132,19 +143,14 @@ def _runtime(needs_models: bool = True, needs_index: bool = False, **extra: Any)
     return rt
 
 
-def _require_collection(settings: Settings) -> None:
+def _require_collection(settings: Settings, db: Database) -> None:
     """A command that reads a collection names one that exists: a mistyped --collection is an error naming
     the collections there are, not a new empty collection (nor, without the hub, a minute of retries)."""
     from mmrag.store.collections import collection_exists, collection_names
-    from mmrag.store.db import Database
 
-    db = Database(settings.db_url)
-    try:
-        if collection_exists(db, settings.collection):
-            return
-        names = collection_names(db)
-    finally:
-        db.close()
+    if collection_exists(db, settings.collection):
+        return
+    names = collection_names(db)
     there = f"collections here: {', '.join(names)}" if names else "no collection has anything indexed yet"
     raise MmragError(f"{_nothing_indexed(settings)} ({there})")
 

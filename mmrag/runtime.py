@@ -128,21 +128,27 @@ def database_exists(settings: Settings) -> bool:
 
 
 def resolve_settings(
-    config: Path | str | None, overrides: dict[str, Any], needs_models: bool = True
+    config: Path | str | None,
+    overrides: dict[str, Any],
+    needs_models: bool = True,
+    db: Database | None = None,
 ) -> tuple[Settings, list[str]]:
-    """The settings a command runs with, and notes for the user (one line each)."""
+    """The settings a command runs with, and notes for the user (one line each). db: the settings' database,
+    when the caller has it open already."""
     from mmrag.collection_setup import apply_setup, differences, offline_fallback
     from mmrag.store.collections import read_setup
 
     settings = load_settings(config, **overrides)
     notes: list[str] = []
     recorded = None
-    if database_exists(settings):
-        db = Database(settings.db_url)
+    if db is not None:
+        recorded = read_setup(db, settings.collection)
+    elif database_exists(settings):
+        own = Database(settings.db_url)
         try:
-            recorded = read_setup(db, settings.collection)
+            recorded = read_setup(own, settings.collection)
         finally:
-            db.close()
+            own.close()
     if recorded:
         notes += [f"using {diff}" for diff in differences(settings, recorded)]
         return apply_setup(settings, recorded), notes
@@ -166,9 +172,10 @@ def record_setup(rt: Runtime) -> None:
     record(rt.db, rt.collection.name, setup_of(rt.settings))
 
 
-def open_runtime(settings: Settings, collection: str | None = None) -> Runtime:
-    """A Runtime with the command's collection opened (`rt.collection`)."""
-    rt = Runtime(settings)
+def open_runtime(settings: Settings, collection: str | None = None, db: Database | None = None) -> Runtime:
+    """A Runtime with the command's collection opened (`rt.collection`); db: the settings' database, open
+    already (the Runtime closes it)."""
+    rt = Runtime(settings, db)
     try:
         rt.collection = rt.open_collection(collection)
     except BaseException:

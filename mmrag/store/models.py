@@ -1,6 +1,9 @@
-"""Database tables. The database is the source of truth; FAISS indexes are rebuildable caches of it."""
+"""Database tables. The database is the source of truth; FAISS indexes are rebuildable caches of it.
 
-from __future__ import annotations
+The schema itself is made by the Alembic migrations (mmrag/store/migrations); these classes map it. No
+`from __future__ import annotations` here: SQLAlchemy would parse every string annotation again at each
+start (tens of milliseconds of every command), so only forward references to later classes are quoted.
+"""
 
 import os
 from datetime import datetime, timezone
@@ -19,7 +22,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -79,7 +81,7 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
-    items: Mapped[list[Item]] = relationship(
+    items: Mapped[list["Item"]] = relationship(
         back_populates="document", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -112,7 +114,7 @@ class Item(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     document: Mapped[Document] = relationship(back_populates="items")
-    vectors: Mapped[list[ItemVector]] = relationship(
+    vectors: Mapped[list["ItemVector"]] = relationship(
         back_populates="item", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -146,16 +148,10 @@ class Job(Base):
     """A background ingest run of the REST service, kept here so its status outlives a restart."""
 
     __tablename__ = "jobs"
-    __table_args__ = (
-        Index("ix_jobs_status", "status"),
-        Index(
-            "ux_jobs_claimed_collection",
-            "collection",
-            unique=True,
-            sqlite_where=text("owner IS NOT NULL"),
-            postgresql_where=text("owner IS NOT NULL"),
-        ),
-    )
+    # Migration 0010 also makes ux_jobs_claimed_collection, a partial unique index (one claimed job per
+    # collection). It is not declared here: a `postgresql_where` argument imports SQLAlchemy's PostgreSQL
+    # dialect in every process, embedded ones included, and the ORM never needs the index.
+    __table_args__ = (Index("ix_jobs_status", "status"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
     collection: Mapped[str] = mapped_column(String(64), index=True)
