@@ -164,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.startup import run_startup
 
             _step(
-                "start-up: --help, stats, no-change index, first query",
-                lambda: run_startup(work / "startup", runs=1 if args.quick else 5),
+                "start-up: --help, stats, no-change index, first query (not with --quick)",
+                lambda: run_startup(
+                    work / "startup", runs=1 if args.quick else 5, first_query=not args.quick
+                ),
                 results,
                 "startup",
             )

@@ -157,9 +157,15 @@ def test_bench_quick_runs_every_step_and_writes_json_and_png(tmp_path: Path) -> 
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "pipeline / floor" in run.stdout and "full/floor p50" in run.stdout
+    assert (
+        "mmrag stats" in run.stdout and "mmrag query (first" not in run.stdout
+    )  # --quick loads no model there
 
     results = json.loads((out / "results.json").read_text())
     assert results["quick"] is True and results["machine"]["logical_cpus"] >= 1
+    startup = results["startup"]
+    assert set(startup["seconds"]) == {"help", "stats", "index_no_change"} and startup["runs"] == 1
+    assert all(seconds > 0 for seconds in startup["seconds"].values())
     ingest = results["ingest"]
     assert (ingest["clip_images"]["count"], ingest["offline_images"]["count"]) == (4, 2)
     for step, floor in (("clip_images", "bare_forward"), ("offline_images", "bare_forward")):
