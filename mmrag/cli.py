@@ -436,7 +436,7 @@ def _print_answer_sources(result: Answer) -> None:
     for source in listed:
         number = f"[{source.number}]" if source.number is not None else "-"
         where = _shown(source.path) + (f" p.{source.page}" if source.page else "")
-        if source.bbox:
+        if source.bbox and source.page:  # where on the page; an image file's box is just its size
             where += " bbox=(" + ", ".join(f"{v:.0f}" for v in source.bbox) + ")"
         mark = " cited" if source.cited else ""
         line = f"  {number} {where}  {source.modality}  score {source.score:.3f}  item {source.item_id}{mark}"

@@ -75,6 +75,7 @@ def test_ask_prints_the_answer_then_the_numbered_sources(
     assert len(lines) == 4 and [line.split()[0] for line in lines] == ["[1]", "[2]", "[3]", "[4]"]
     assert lines[0].endswith(" cited") and not any(line.endswith(" cited") for line in lines[1:])
     assert all(" item " in line and " score " in line for line in lines)
+    assert not any("bbox=" in line for line in lines)  # photo files and text: no page to place a box on
     assert str(library) in sources or "library" in sources
     assert "dropped citations of sources that do not exist: [12]" in result.stderr
     [record] = openai_stub.records(model)
