@@ -635,9 +635,21 @@ def evaluate(
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
-        out.print(
+        _print_whole(
             render_report(report, title=f"{len(queries)} queries, fusion={rt.settings.retrieve.fusion}")
         )
+
+
+def _print_whole(table: Table) -> None:
+    """A table on standard output; piped or redirected, at its natural width (rich would cut its columns
+    to 80, and a number cut off in a saved report is a wrong number)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    from rich.measure import Measurement
+
+    width = Measurement.get(out, out.options.update(max_width=10_000), table).maximum
+    Console(width=width, soft_wrap=True).print(table)
 
 
 def _eval_rankings(indexes: Any, lexical: bool) -> list[str]:

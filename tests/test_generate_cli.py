@@ -1,5 +1,6 @@
 """`mmrag ask` through the real command (typer's runner, in-process) over a real collection indexed with the
-tiny CLIP, answered by the OpenAI-compatible stub server running as its own process."""
+tiny CLIP, answered by the OpenAI-compatible stub server running as its own process; `mmrag eval` on the
+same collection."""
 
 from __future__ import annotations
 
@@ -165,3 +166,24 @@ def test_query_image_is_sent_after_the_question(openai_stub: StubServer, library
 def test_empty_question_is_refused(library: Path) -> None:
     result = CliRunner().invoke(app, ["ask", "  "])
     assert result.exit_code == 2 and "question is empty" in result.stderr
+
+
+def test_eval_prints_the_whole_table_when_piped(library: Path, tmp_path: Path) -> None:
+    """Piped or redirected, the report keeps every column whole (rich cuts tables to 80 columns)."""
+    from mmrag.evaluation.qrels import write_qrels
+
+    photos = sorted((library / "photos").iterdir())
+    qrels = write_qrels(
+        tmp_path / "qrels.jsonl",
+        [{"id": p.stem, "text": f"a photo of {p.stem}", "relevant": [{"path": str(p)}]} for p in photos],
+    )
+    result = CliRunner().invoke(app, ["eval", str(qrels)])
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "ranking" in line)
+    for column in ("queries", "R@1", "R@5", "R@10", "MRR", "nDCG@10", "p50 ms", "p95 ms"):
+        assert f" {column} " in header, header
+    rows = {line.split("│")[1].strip(): line.split("│")[2:] for line in lines if line.count("│") > 9}
+    assert {"fused", "clip", "clip.image", "lexical"} <= set(rows), sorted(rows)
+    assert all(cells[0].strip() == str(len(photos)) for cells in rows.values())
