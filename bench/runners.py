@@ -65,7 +65,7 @@ def _extract_rate(settings: Settings, folder: Path) -> float:
     from mmrag.ingest.stages import FileTask, extract, plan
 
     blobs = FolderBlobStore(settings.data_dir / "extract-only")
-    tasks = [e for e in plan([folder], settings, lambda _path: None) if isinstance(e, FileTask)]
+    tasks = [e for e in plan([folder], settings, lambda _paths: {}) if isinstance(e, FileTask)]
 
     def extract_all() -> None:
         for task in tasks:

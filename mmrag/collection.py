@@ -512,6 +512,9 @@ class Collection:
     def document_by_path(self, path: str) -> Document | None:
         return rows.document_by_path(self.db, self.name, path)
 
+    def documents_by_path(self, paths: Sequence[str]) -> dict[str, Document]:
+        return rows.documents_by_path(self.db, self.name, paths)
+
     def items_by_id(self, ids: Iterable[int]) -> dict[int, tuple[Item, Document]]:
         return rows.items_by_id(self.db, self.name, ids)
 

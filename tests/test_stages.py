@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from mmrag.ingest.stages import FileExtracted, FileTask, SourceFile, extract
 from mmrag.ingest.vectorise import PendingItem, Vectoriser
 from mmrag.runtime import open_runtime
 from mmrag.settings import Settings, load_settings
+from mmrag.store.models import Document
 from tests.realdata import photo_bytes, photo_image, write_photos
 from tests.s3_server import S3Server, s3_server
 
@@ -42,6 +43,55 @@ def test_extract_needs_no_database_and_ends_every_file(tmp_path: Path, tiny_sett
     assert isinstance(failed, FileExtracted) and "truncated" in (failed.error or "")
     same = FileTask(task(photos["chelsea"]).file, previous_hash=end.content_hash, previous_id=1)
     assert list(extract(same, tiny_settings, blobs)) == [FileExtracted(end.content_hash, unchanged=True)]
+
+
+def test_plan_looks_walked_files_up_in_batches_and_keeps_the_walk_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run over a large unchanged library costs a walk and a query per 500 files, not one per file;
+    unchanged, changed, new and skipped files come out as they did one lookup at a time, in walk order."""
+    library = tmp_path / "lib"
+    for i in range(1100):
+        folder = library / f"d{i // 100:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"n{i:04d}.txt").write_text(f"note {i}\n")
+        if i % 250 == 0:  # skipped files between the others
+            (folder / f"n{i:04d}.empty.txt").write_bytes(b"")
+            (folder / f"n{i:04d}.xyz").write_text("not a kind mmrag reads")
+    settings = load_settings(None, data_dir=tmp_path / "data")
+    asked: list[int] = []
+
+    def existing(paths: Sequence[str]) -> dict[str, Document]:
+        asked.append(len(paths))
+        docs = {}
+        for path in paths:
+            number = int(Path(path).stem[1:])
+            if number % 3 == 2:  # never indexed
+                continue
+            stat = Path(path).stat()
+            mtime = stat.st_mtime if number % 3 == 0 else stat.st_mtime - 60  # 1: touched since
+            docs[path] = Document(
+                id=number + 1, path=path, status="indexed", size=stat.st_size, mtime=mtime, content_hash="h"
+            )
+        return docs
+
+    def summary(entries: Sequence[FileTask | stages.FileOutcome]) -> list[tuple[str, str, int | None]]:
+        return [
+            (e.file.path, "task", e.previous_id) if isinstance(e, FileTask) else (e.path, e.status, None)
+            for e in entries
+        ]
+
+    batched = summary(list(stages.plan([library], settings, existing)))
+    assert len(asked) == 3 and sum(asked) == 1100  # batches of 500 walked entries, skipped ones included
+    monkeypatch.setattr(stages, "_PLAN_BATCH", 1)
+    one_by_one = summary(list(stages.plan([library], settings, existing)))
+    assert batched == one_by_one and len(batched) == 1100 + 10
+    kinds = {
+        name: [row for row in batched if row[1] == name] for name in ("unchanged", "task", "unsupported")
+    }
+    assert len(kinds["unchanged"]) == 367 and len(kinds["task"]) == 733 and len(kinds["unsupported"]) == 5
+    assert sum(1 for _, _, previous in kinds["task"] if previous is not None) == 367  # touched: hashed again
+    assert [row[1] for row in batched].count("failed") == 5  # the empty files
 
 
 def test_files_are_extracted_while_the_model_works(

@@ -79,6 +79,21 @@ def document_by_path(db: Database, collection: str, path: str) -> Document | Non
         )
 
 
+def documents_by_path(db: Database, collection: str, paths: Sequence[str]) -> dict[str, Document]:
+    """The Document rows of those of `paths` that the collection holds, in a query per chunk of paths
+    (a walk of a large library asks for thousands at once, not one by one)."""
+    found: dict[str, Document] = {}
+    with db.session() as session:
+        for part in _chunks_of(paths):
+            found.update(
+                (doc.path, doc)
+                for doc in session.scalars(
+                    select(Document).where(Document.collection == collection, Document.path.in_(part))
+                )
+            )
+    return found
+
+
 def document_in(db: Database, collection: str, document_id: int) -> Document | None:
     """The document with this id, if it belongs to `collection`."""
     with db.session() as session:

@@ -87,7 +87,7 @@ class LocalRunner:
     ) -> IndexReport:
         self._progress = progress = progress or NoProgress()
         self._report = report = IndexReport()
-        entries = list(plan(roots, self.settings, self.collection.document_by_path))
+        entries = list(plan(roots, self.settings, self.collection.documents_by_path))
         progress.start(len(entries))
         self._since_save = 0
         ingest = self.settings.ingest

@@ -400,7 +400,7 @@ class RayRunner:
     ) -> IndexReport:
         progress = progress or NoProgress()
         report = IndexReport()
-        entries = list(plan(roots, self.settings, self.collection.document_by_path))
+        entries = list(plan(roots, self.settings, self.collection.documents_by_path))
         progress.start(len(entries))
         tasks = [entry for entry in entries if isinstance(entry, FileTask)]
         for entry in entries:
