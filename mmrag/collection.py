@@ -510,7 +510,7 @@ class Collection:
         return rows.documents(self.db, self.name)
 
     def document_by_path(self, path: str) -> Document | None:
-        return rows.document_by_path(self.db, self.name, path)
+        return self.documents_by_path([path]).get(path)
 
     def documents_by_path(self, paths: Sequence[str]) -> dict[str, Document]:
         return rows.documents_by_path(self.db, self.name, paths)

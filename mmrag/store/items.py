@@ -72,13 +72,6 @@ def documents_under(db: Database, collection: str, folders: Sequence[str]) -> li
     return [d for d in documents(db, collection) if any(is_under(d.path, f) for f in folders)]
 
 
-def document_by_path(db: Database, collection: str, path: str) -> Document | None:
-    with db.session() as session:
-        return session.scalar(
-            select(Document).where(Document.collection == collection, Document.path == path)
-        )
-
-
 def documents_by_path(db: Database, collection: str, paths: Sequence[str]) -> dict[str, Document]:
     """The Document rows of those of `paths` that the collection holds, in a query per chunk of paths
     (a walk of a large library asks for thousands at once, not one by one)."""
