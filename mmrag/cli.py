@@ -122,11 +122,12 @@ def _runtime(needs_models: bool = True, needs_index: bool = False, **extra: Any)
     from mmrag.store.db import Database
 
     given = load_settings(_State.config, **_State.overrides, **extra)
-    if needs_index and not database_exists(given):
+    exists = database_exists(given)
+    if needs_index and not exists:
         raise MmragError(_nothing_indexed(given))
     # One database connection pool for the whole command: the recorded setup, the collection check and the
     # runtime (each open costs a connection and a schema check, a round trip each on PostgreSQL).
-    db = Database(given.db_url) if database_exists(given) else None
+    db = Database(given.db_url) if exists else None
     try:
         if needs_index:
             assert db is not None
