@@ -62,7 +62,8 @@ def _ray_run(settings: Settings, folder: Path) -> dict[str, float]:
 def _extract_rate(settings: Settings, folder: Path) -> float:
     """Files/s of the extract stage on one thread: read, hash, decode, thumbnail, fit for the model."""
     from mmrag.blobs import FolderBlobStore
-    from mmrag.ingest.stages import FileTask, extract, plan
+    from mmrag.ingest.plan import FileTask, plan
+    from mmrag.ingest.stages import extract
 
     blobs = FolderBlobStore(settings.data_dir / "extract-only")
     tasks = [e for e in plan([folder], settings, lambda _paths: {}) if isinstance(e, FileTask)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from mmrag.settings import Settings
 
 if TYPE_CHECKING:
     from mmrag.generate.answer import Answer
+    from mmrag.ingest.plan import IndexReport
     from mmrag.store.db import Database
 
 app = typer.Typer(
@@ -102,11 +104,24 @@ def _settings(needs_models: bool = True, db: Database | None = None, **extra: An
     from mmrag.threads import apply_threads
 
     settings, notes = resolve_settings(_State.config, {**_State.overrides, **extra}, needs_models, db=db)
+    _print_notes(notes)
+    apply_threads(settings.threads)  # before any model or index loads: OpenMP reads it once
+    return settings
+
+
+def _print_notes(notes: list[str]) -> None:
     for note in notes:
         err.print("[yellow]note:[/] ", end="")
         err.print(note, markup=False, highlight=False)
-    apply_threads(settings.threads)  # before any model or index loads: OpenMP reads it once
-    return settings
+
+
+def start_up_done() -> None:
+    """Resume the garbage collector that the entry point paused (`mmrag.__main__`), with what start-up
+    created frozen: long work (indexing, serving) runs with it on, and it never scans start-up's objects.
+    Nothing to do where it was not paused (the CLI called in-process, as the tests do)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _fail(exc: Exception, code: int = 2) -> typer.Exit:
@@ -141,6 +156,7 @@ def _runtime(needs_models: bool = True, needs_index: bool = False, **extra: Any)
         if rep.changed:
             what = "rebuilt" if rep.rebuilt else f"added {rep.added}, removed {rep.removed}"
             err.print(f"[yellow]repaired the {rep.space} index from the database:[/] {what}")
+    start_up_done()
     return rt
 
 
@@ -220,7 +236,6 @@ def index(
 ) -> None:
     """Index folders of images, PDFs and text/Markdown files. Unchanged files are skipped."""
     from mmrag.ingest.discover import check_root
-    from mmrag.ingest.runners import make_runner
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a kill finishes like Ctrl-C: consistent state
     ingest: dict[str, Any] = {"road": road} if road else {}
@@ -231,28 +246,23 @@ def index(
     if ray_address is not None:
         ingest["ray"] = {"address": ray_address}
     roots: list[Path | str] = [p if p.startswith("s3://") else Path(p) for p in paths]
+    extra: dict[str, Any] = {"ingest": ingest} if ingest else {}
     try:
         for root in roots:  # the checks the walk makes, before anything loads or is created
             if isinstance(root, Path):
                 check_root(root)
-        rt = _runtime(**({"ingest": ingest} if ingest else {}))
-        from mmrag.runtime import record_setup
+        report, waiting = _index_unchanged(roots, prune, extra), 0
+        if report is None:
+            rt = _runtime(**extra)
+            from mmrag.ingest.runners import make_runner
+            from mmrag.runtime import record_setup
 
-        record_setup(rt)  # a collection's first run records how it is built; later runs follow it
-        columns = [
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("files · {task.fields[items]} items · {task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("· ETA"),
-            TimeRemainingColumn(),
-        ]
-        indexer = make_runner(rt.settings.ingest.runner, rt.settings, rt.collection, rt.vectoriser())
-        with rt.collection.writer(), Progress(*columns, console=err, transient=False) as progress:
-            report = indexer.run(roots, prune, _RichProgress(progress))
-        waiting = rt.collection.waiting()
-        rt.close()
+            record_setup(rt)  # a collection's first run records how it is built; later runs follow it
+            indexer = make_runner(rt.settings.ingest.runner, rt.settings, rt.collection, rt.vectoriser())
+            with rt.collection.writer(), _index_progress() as progress:
+                report = indexer.run(roots, prune, _RichProgress(progress))
+            waiting = rt.collection.waiting()
+            rt.close()
     except MmragError as exc:
         raise _fail(exc) from None
     err.print(
@@ -277,6 +287,46 @@ def index(
         )
     if report.failed or waiting:
         raise typer.Exit(1)
+
+
+def _index_progress() -> Progress:
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files · {task.fields[items]} items · {task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("· ETA"),
+        TimeRemainingColumn(),
+    ]
+    return Progress(*columns, console=err, transient=False)
+
+
+def _index_unchanged(roots: list[Path | str], prune: bool, extra: dict[str, Any]) -> IndexReport | None:
+    """The report of a run that finds every file as indexed, when that can be seen without SQLAlchemy or
+    a model (mmrag.quick); None when the run has work to do or needs the full path to tell."""
+    if prune or not all(isinstance(root, Path) for root in roots):
+        return None
+    from mmrag.ingest.plan import IndexReport
+    from mmrag.quick import quick_collection, unchanged_outcomes, writer_lock_if_free
+
+    start_up_done()
+    with quick_collection(_State.config, {**_State.overrides, **extra}) as quick:
+        if quick is None or quick.settings.ingest.runner != "local":
+            return None
+        with writer_lock_if_free(quick) as free:
+            outcomes = unchanged_outcomes(quick, [Path(root) for root in roots]) if free else None
+        if outcomes is None:
+            return None
+        _print_notes(quick.notes)
+    report = IndexReport()
+    with _index_progress() as progress:
+        sink = _RichProgress(progress)
+        sink.start(len(outcomes))
+        for outcome in outcomes:
+            report.add(outcome)
+            sink.file_done(outcome)
+    return report
 
 
 @app.command()
@@ -472,28 +522,18 @@ def delete(
 @app.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Counts of documents, items and index entries; failed files and why; how the collection was built."""
-    from mmrag.store import pending
-    from mmrag.store.collections import read_setup
-    from mmrag.store.items import modality_counts
+    from mmrag.quick import quick_collection, quick_stats
 
     try:
-        rt = _runtime(needs_models=False, needs_index=True)
-        docs = rt.collection.documents()
-        by_modality = modality_counts(rt.db, rt.collection.name)
-        info = {
-            "collection": rt.collection.name,
-            "data_dir": str(rt.settings.data_dir),
-            "backend": rt.collection.store.kind,
-            "documents": sum(d.status == "indexed" for d in docs),
-            "failed": [{"path": d.path, "error": d.error} for d in docs if d.status == "failed"],
-            "items": by_modality,
-            "indexes": {key: vars(described) for key, described in rt.collection.describe().items()},
-            "pending": pending.count(rt.db, rt.collection.name) if rt.collection.store.durable else 0,
-            "setup": read_setup(rt.db, rt.collection.name),
-        }
-        rt.close()
+        with quick_collection(_State.config, _State.overrides) as quick:  # an SQLite look, when it does
+            if quick is not None:
+                _print_notes(quick.notes)
+                info = quick_stats(quick)
+        if quick is None:
+            info = _full_stats()
     except MmragError as exc:
         raise _fail(exc) from None
+    by_modality: dict[str, int] = info["items"]
     if as_json:
         out.print_json(json.dumps(info))
         return
@@ -514,6 +554,27 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for f in info["failed"]:
         out.print("  [red]failed[/] ", end="")
         out.print(f"{f['path']}: {f['error']}", markup=False, highlight=False)
+
+
+def _full_stats() -> dict[str, Any]:
+    from mmrag.quick import stats_report
+    from mmrag.store import pending
+    from mmrag.store.collections import read_setup
+    from mmrag.store.items import modality_counts
+
+    rt = _runtime(needs_models=False, needs_index=True)
+    coll = rt.collection
+    info = stats_report(
+        rt.settings,
+        coll.store.kind,
+        coll.documents(),
+        modality_counts(rt.db, coll.name),
+        coll.describe(),
+        pending.count(rt.db, coll.name) if coll.store.durable else 0,
+        read_setup(rt.db, coll.name),
+    )
+    rt.close()
+    return info
 
 
 def _describe_setup(setup: dict[str, Any]) -> str:
@@ -683,6 +744,7 @@ def make_eval_set(
     }
     if kind not in builders:
         raise _fail(MmragError(f"unknown evaluation set {kind!r}; choose one of {', '.join(builders)}"))
+    start_up_done()
     try:
         path = builders[kind](folder)
     except MmragError as exc:
@@ -724,8 +786,10 @@ def serve(
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     url = escape(f"http://{shown}:{port}/")
     err.print(f"web page: [bold]{url}[/]  (API docs: /docs)")
+    service = create_app(settings)
+    start_up_done()
     uvicorn.run(
-        create_app(settings),
+        service,
         host=host,
         port=port,
         log_level="info",

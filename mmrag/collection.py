@@ -115,6 +115,7 @@ class Collection:
             opened.key: RepairReport(opened.key, rebuilt=bool(opened.problem), reason=opened.problem)
             for opened in self.store.open(models)
         }
+        stale_state = False  # a cache saved at another generation than the database's
         if self.store.durable:
             try:
                 with self.writer():  # compared and retried by one process at a time
@@ -122,9 +123,13 @@ class Collection:
             except CollectionLocked:
                 log.info("collection %s is being written; its writer keeps the store in step", self.name)
         else:
-            self._sync_all(reports, trusted=self.store.saved_generation() == db_generation)
+            saved = self.store.saved_generation()
+            stale_state = saved is not None and saved != db_generation
+            self._sync_all(reports, trusted=saved == db_generation)
         self.generation = db_generation
-        if not self.store.durable and any(report.changed for report in reports.values()):
+        # A cache that was compared with the database is saved as holding its generation (when nothing
+        # changed, only state.json is written): the next open trusts it, and `mmrag stats` reads it quickly
+        if not self.store.durable and (stale_state or any(report.changed for report in reports.values())):
             self.save_if_unlocked()
         return [reports[key] for key in sorted(reports)]
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from mmrag.ingest.plan import FileOutcome, IndexReport, NoProgress
 from mmrag.ingest.runners import make_runner
-from mmrag.ingest.stages import FileOutcome, IndexReport, NoProgress
 from mmrag.runtime import Runtime, open_runtime
 from mmrag.settings import Settings
 from mmrag.store.db import Database

@@ -12,11 +12,12 @@ import pytest
 
 from mmrag.blobs import FolderBlobStore
 from mmrag.errors import ConfigError
-from mmrag.ingest import stages
+from mmrag.ingest import plan, stages
 from mmrag.ingest.items import FileKind
 from mmrag.ingest.pipeline import Indexer
+from mmrag.ingest.plan import FileTask, SourceFile
 from mmrag.ingest.runners import local, make_runner
-from mmrag.ingest.stages import FileExtracted, FileTask, SourceFile, extract
+from mmrag.ingest.stages import FileExtracted, extract
 from mmrag.ingest.vectorise import PendingItem, Vectoriser
 from mmrag.runtime import open_runtime
 from mmrag.settings import Settings, load_settings
@@ -75,16 +76,16 @@ def test_plan_looks_walked_files_up_in_batches_and_keeps_the_walk_order(
             )
         return docs
 
-    def summary(entries: Sequence[FileTask | stages.FileOutcome]) -> list[tuple[str, str, int | None]]:
+    def summary(entries: Sequence[FileTask | plan.FileOutcome]) -> list[tuple[str, str, int | None]]:
         return [
             (e.file.path, "task", e.previous_id) if isinstance(e, FileTask) else (e.path, e.status, None)
             for e in entries
         ]
 
-    batched = summary(list(stages.plan([library], settings, existing)))
+    batched = summary(list(plan.plan([library], settings, existing)))
     assert len(asked) == 3 and sum(asked) == 1100  # batches of 500 walked entries, skipped ones included
-    monkeypatch.setattr(stages, "_PLAN_BATCH", 1)
-    one_by_one = summary(list(stages.plan([library], settings, existing)))
+    monkeypatch.setattr(plan, "_PLAN_BATCH", 1)
+    one_by_one = summary(list(plan.plan([library], settings, existing)))
     assert batched == one_by_one and len(batched) == 1100 + 10
     kinds = {
         name: [row for row in batched if row[1] == name] for name in ("unchanged", "task", "unsupported")
@@ -157,7 +158,7 @@ def test_an_s3_folder_is_indexed_like_a_local_one(
     runtime = open_runtime(settings)
     try:
 
-        def index(*roots: str, prune: bool = False) -> stages.IndexReport:
+        def index(*roots: str, prune: bool = False) -> plan.IndexReport:
             with runtime.collection.writer():
                 return Indexer(settings, runtime.collection, runtime.vectoriser()).run(list(roots), prune)
 

@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmrag.filters import Filters
 from mmrag.settings import Settings
-from mmrag.store.items import ItemPayload
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from mmrag.store.items import ItemPayload
 
 
 def index_key(space: str, modality: str) -> str:

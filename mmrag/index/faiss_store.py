@@ -22,17 +22,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmrag.errors import IndexCorruptError
+from mmrag.errors import IndexCorruptError, MmragError
 from mmrag.index import gpu
 from mmrag.index.base import IndexInfo, OpenedIndex, VectorStore, Where, index_key, split_key
 from mmrag.index.manifest import INDEX_FILE, MANIFEST_FILE, IndexManifest, read_manifest
 from mmrag.settings import Settings
-from mmrag.store.items import ItemPayload
 
 if TYPE_CHECKING:
     import numpy as np
 
     from mmrag.index.vector_index import VectorIndex
+    from mmrag.store.items import ItemPayload
 
 log = logging.getLogger(__name__)
 
@@ -200,16 +200,34 @@ class Store(VectorStore):
     def optimise(self, rebuild_source: Callable[[str], tuple[np.ndarray, np.ndarray]]) -> list[str]:
         """Rebuild flat indexes that have grown past `index.ivf_min_items` as IVF (and back when shrunk)."""
         rebuilt = []
-        threshold = self.settings.index.ivf_min_items
-        for key in self.index_keys():
-            is_flat = self.describe(key).type == "flat"  # an index not loaded yet: from its manifest
-            if is_flat == (self.count(key) >= threshold):
-                index = self._index(key)
-                assert index is not None
-                index.rebuild(*rebuild_source(key))
-                rebuilt.append(key)
-                self._unsaved.add(key)
+        for key in self.keys_to_relayout():
+            index = self._index(key)
+            assert index is not None
+            index.rebuild(*rebuild_source(key))
+            rebuilt.append(key)
+            self._unsaved.add(key)
         return rebuilt
+
+    def keys_to_relayout(self) -> list[str]:
+        """The indexes `optimise` would rebuild: flat ones at `index.ivf_min_items` items or more, and
+        others below it (read from manifests where not loaded)."""
+        threshold = self.settings.index.ivf_min_items
+        return [
+            key
+            for key in self.index_keys()
+            if (self.describe(key).type == "flat") == (self.count(key) >= threshold)
+        ]
+
+    def saved_and_readable(self, models: dict[str, tuple[str, int]]) -> bool:
+        """Whether `open(models)` would find every index of these spaces saved, with a manifest made by its
+        model: then opening reads manifests only and repairs nothing."""
+        for space, (model_id, dim) in models.items():
+            for directory in (p for p in self.dir.glob(f"{space}.*") if p.is_dir()):
+                try:
+                    read_manifest(directory, expected_model_id=model_id, expected_dim=dim)
+                except MmragError:  # unreadable or another model's: open says so, or repairs it
+                    return False
+        return True
 
     def mark_changed(self, key: str) -> None:
         if self._index(key) is not None:  # saved by the next persist (loaded first: it saves what it holds)

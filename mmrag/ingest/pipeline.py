@@ -6,8 +6,9 @@ module keeps the names the CLI, the service and the tests have always used: `Ind
 
 from __future__ import annotations
 
+from mmrag.ingest.plan import FileOutcome, IndexReport, NoProgress, ProgressSink
 from mmrag.ingest.runners.local import LocalRunner
-from mmrag.ingest.stages import FileOutcome, IndexReport, NoProgress, ProgressSink, is_under
+from mmrag.ingest.stages import is_under
 
 Indexer = LocalRunner
 _is_under = is_under  # `mmrag delete` takes it from here

@@ -42,7 +42,7 @@ def check_s3_root(url: str, settings: S3Settings) -> None:
 
 def discover_s3(url: str, ingest: IngestSettings, settings: S3Settings) -> Iterator[Any]:
     """SourceFile or FileOutcome (skipped: unsupported or failed) for every object under `url`."""
-    from mmrag.ingest.stages import FileOutcome, SourceFile
+    from mmrag.ingest.plan import FileOutcome, SourceFile
 
     client = s3_client(settings)
     parsed = _as_root(client, S3Url.parse(url))

@@ -9,9 +9,7 @@ first one in migrates; the others then find the schema at head and do nothing.
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +21,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, NoSuchModu
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmrag.errors import MmragError
+from mmrag.store.revision import MIGRATIONS_DIR, head_revision
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Key of the PostgreSQL advisory lock taken around migrations ("mmrag" + 1, as a signed 64-bit int):
 # any process that migrates this database must use the same key.
 MIGRATION_LOCK_KEY = 0x6D6D726167_000001
@@ -109,23 +107,6 @@ def _postgres_migration_lock(connection: Connection) -> None:
     """Held until the migration's transaction ends (commit or rollback): a crash cannot leave it held."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-
-
-_REVISION = re.compile(r'^(down_revision|revision): str(?: \| None)? = "?(\w+)"?', re.M)
-
-
-@functools.cache
-def head_revision() -> str:
-    """The newest migration's revision id, read from the migration files (no Alembic import)."""
-    revisions, parents = set(), set()
-    for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        found = dict((key, value) for key, value in _REVISION.findall(script.read_text(encoding="utf-8")))
-        revisions.add(found["revision"])
-        parents.add(found.get("down_revision", "None"))
-    heads = revisions - parents
-    if len(heads) != 1:
-        raise MmragError(f"the migrations have {len(heads)} heads ({sorted(heads)}): one expected")
-    return heads.pop()
 
 
 def schema_is_current(engine: Engine) -> bool:

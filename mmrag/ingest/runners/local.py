@@ -23,19 +23,16 @@ from mmrag.blobs import BlobStore, open_blob_store
 from mmrag.collection import Collection
 from mmrag.errors import MmragError
 from mmrag.ingest.items import FileKind
-from mmrag.ingest.stages import (
-    FileExtracted,
+from mmrag.ingest.plan import (
     FileOutcome,
     FileTask,
     IndexReport,
     NoProgress,
     ProgressSink,
-    commit,
-    extract,
     plan,
-    prune,
     walked_paths,
 )
+from mmrag.ingest.stages import FileExtracted, commit, extract, prune
 from mmrag.ingest.vectorise import PendingItem, Vectoriser
 from mmrag.settings import Settings
 from mmrag.store.duplicates import DuplicateGrouper

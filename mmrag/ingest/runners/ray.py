@@ -37,19 +37,16 @@ from PIL import Image
 from mmrag.collection import Collection
 from mmrag.errors import ConfigError, MmragError
 from mmrag.ingest.items import ExtractedItem, Modality
-from mmrag.ingest.stages import (
-    FileExtracted,
+from mmrag.ingest.plan import (
     FileOutcome,
     FileTask,
     IndexReport,
     NoProgress,
     ProgressSink,
-    commit,
-    extract,
     plan,
-    record_failure,
     walked_paths,
 )
+from mmrag.ingest.stages import FileExtracted, commit, extract, record_failure
 from mmrag.ingest.stages import prune as prune_documents
 from mmrag.ingest.vectorise import (
     DatabaseCaptionCache,
