@@ -314,8 +314,9 @@ def _index_unchanged(roots: list[Path | str], prune: bool, extra: dict[str, Any]
     with quick_collection(_State.config, {**_State.overrides, **extra}) as quick:
         if quick is None or quick.settings.ingest.runner != "local":
             return None
-        with writer_lock_if_free(quick) as free:
-            outcomes = unchanged_outcomes(quick, [Path(root) for root in roots]) if free else None
+        with writer_lock_if_free(quick) as free:  # no other writer, and none wrote since the look
+            fresh = free and quick.unchanged_since_opened()
+            outcomes = unchanged_outcomes(quick, [Path(root) for root in roots]) if fresh else None
         if outcomes is None:
             return None
         _print_notes(quick.notes)

@@ -38,10 +38,16 @@ class QuickCollection:
     reads: QuickReads
     store: FaissStore
     setup: dict[str, Any]
+    generation: int  # the database's, which the saved indexes hold
 
     @property
     def name(self) -> str:
         return self.settings.collection
+
+    def unchanged_since_opened(self) -> bool:
+        """A fresh look (after taking the writer's lock) finds no write since the collection was checked."""
+        self.reads.renew()
+        return self.reads.generation(self.name) == self.generation
 
 
 @contextmanager
@@ -93,7 +99,7 @@ def _open(given: Settings, reads: QuickReads) -> QuickCollection | None:
     if any(store.count(key) != in_database.get(key, 0) for key in keys):
         return None  # an index lags the database: repaired on the full path
     notes = [f"using {diff}" for diff in differences(given, recorded)]
-    return QuickCollection(settings, notes, reads, store, recorded)
+    return QuickCollection(settings, notes, reads, store, recorded, generation)
 
 
 def _encoder_model_ids(settings: Settings) -> dict[str, str]:

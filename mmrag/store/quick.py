@@ -35,7 +35,8 @@ class DocumentRow:
 
 
 class QuickReads:
-    """One read-only connection to an SQLite database file at the current schema revision."""
+    """One read-only connection to an SQLite database file at the current schema revision, reading one
+    snapshot of it."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
@@ -53,6 +54,8 @@ class QuickReads:
             return None
         reads = cls(connection)
         try:
+            # one read transaction: every lookup sees the same commit (WAL keeps it while writers go on)
+            connection.execute("BEGIN")
             revision = reads._one("SELECT version_num FROM alembic_version")
         except sqlite3.Error:
             revision = None
@@ -63,6 +66,11 @@ class QuickReads:
 
     def close(self) -> None:
         self._connection.close()
+
+    def renew(self) -> None:
+        """Read the newest commit from here on (a new snapshot)."""
+        self._connection.execute("COMMIT")
+        self._connection.execute("BEGIN")
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self._connection.execute(sql, params).fetchone()
