@@ -126,6 +126,9 @@ class Collection:
             saved = self.store.saved_generation()
             stale_state = saved is not None and saved != db_generation
             self._sync_all(reports, trusted=saved == db_generation)
+            for key, why in self.store.rebuilt_on_load.items():  # unreadable when compared: rebuilt
+                reports[key] = RepairReport(key, rebuilt=True, reason=why)
+            self.store.rebuilt_on_load.clear()
         self.generation = db_generation
         # A cache that was compared with the database is saved as holding its generation (when nothing
         # changed, only state.json is written): the next open trusts it, and `mmrag stats` reads it quickly

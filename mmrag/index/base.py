@@ -88,6 +88,8 @@ class VectorStore(ABC):
         # (ids, vectors) the database holds for an index key, set by the collection: a cache rebuilds an
         # index from it when the index's file proves unreadable on first use (it loads lazily)
         self.rebuild_source: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None
+        # index key -> why: indexes rebuilt that way since the collection last looked (it reports and saves)
+        self.rebuilt_on_load: dict[str, str] = {}
 
     @abstractmethod
     def open(self, models: dict[str, tuple[str, int]]) -> list[OpenedIndex]:

@@ -94,6 +94,7 @@ class Store(VectorStore):
                 index = vector_index.create(key, manifest.model_id, manifest.dim, self.settings.index)
                 index.rebuild(*self.rebuild_source(key))
                 self._unsaved.add(key)
+                self.rebuilt_on_load[key] = str(exc)
             self.indexes[key] = index
             return index
 
