@@ -95,10 +95,6 @@ class QuickReads:
         sql = "SELECT name, model_id, dim FROM spaces WHERE collection = ?"
         return {name: (model_id, int(dim)) for name, model_id, dim in self._all(sql, (collection,))}
 
-    def pending_count(self, collection: str) -> int:
-        row = self._one("SELECT count(*) FROM pending_vectors WHERE collection = ?", (collection,))
-        return int(row[0]) if row is not None else 0
-
     # ---- documents and items ----------------------------------------------------------------------------
 
     _DOCUMENT_COLUMNS = "id, path, status, error, size, mtime, content_hash"
