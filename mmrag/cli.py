@@ -310,7 +310,6 @@ def _index_unchanged(roots: list[Path | str], prune: bool, extra: dict[str, Any]
     from mmrag.ingest.plan import IndexReport
     from mmrag.quick import quick_collection, unchanged_outcomes, writer_lock_if_free
 
-    start_up_done()
     with quick_collection(_State.config, {**_State.overrides, **extra}) as quick:
         if quick is None or quick.settings.ingest.runner != "local":
             return None
@@ -318,8 +317,9 @@ def _index_unchanged(roots: list[Path | str], prune: bool, extra: dict[str, Any]
             fresh = free and quick.unchanged_since_opened()
             outcomes = unchanged_outcomes(quick, [Path(root) for root in roots]) if fresh else None
         if outcomes is None:
-            return None
+            return None  # the full path's start-up (SQLAlchemy, models) still runs with the collector paused
         _print_notes(quick.notes)
+    start_up_done()  # not before the walk: it makes no cycles, and what it makes lives until the report
     report = IndexReport()
     with _index_progress() as progress:
         sink = _RichProgress(progress)

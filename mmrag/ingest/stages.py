@@ -2,7 +2,7 @@
 
     plan        walk the roots (folders, files, s3:// prefixes), sniff each file, compare it with the
                 database: FileTask (to extract) or FileOutcome (unchanged, unsupported, skipped); in
-                mmrag.ingest.plan, re-exported here
+                mmrag.ingest.plan
     extract     FileTask -> its items (PendingItem: pixels fitted for the models, thumbnail written to the
                 blob store), then a FileExtracted that ends the file. Pure: no database, so it runs in any
                 thread or on any machine. A file whose bytes are those of its indexed version ends at once,
